@@ -1,0 +1,1 @@
+"""Measurement: timing, memory, FLOPs, environment, and isolated workers per case."""

@@ -1,0 +1,87 @@
+"""What machine and software a run used: recorded once per run in run.json."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+PACKAGES = ("torch", "numpy", "pandas", "hydra-core", "xformers", "triton", "attnbench")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def mem_available_bytes() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def versions() -> dict[str, str | None]:
+    out = {}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = None
+    out["python"] = platform.python_version()
+    return out
+
+
+def git_state(repo: Path | None = None) -> dict[str, object]:
+    repo = repo or Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                             text=True, timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        sha, dirty = None, None
+    return {"git_sha": sha, "git_dirty": dirty if sha else None}
+
+
+def host_environment() -> dict[str, object]:
+    """Everything knowable without importing CUDA: the parent's part of run.json."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "mem_available_bytes": mem_available_bytes(),
+        "versions": versions(),
+        **git_state(),
+    }
+
+
+def device_environment(device: str) -> dict[str, object]:
+    """The worker's part: device name and memory, torch build. May initialize CUDA."""
+    import torch
+
+    info: dict[str, object] = {
+        "torch_version": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(device)
+        info.update(device_name=props.name, device_total_bytes=props.total_memory,
+                    device_capability=f"{props.major}.{props.minor}")
+    else:
+        info.update(device_name=cpu_model(), device_total_bytes=mem_available_bytes())
+    return info

@@ -1,0 +1,138 @@
+"""Isolated workers with a wall-clock limit: a failure costs only its own case.
+
+Each worker is a fresh ``python -m attnbench.harness.worker`` in a new process group. The
+parent sends a case, waits on the result pipe with a deadline, and on timeout kills the whole
+group. A worker that dies (segfault, abort, the kernel's OOM killer) yields a row whose reason
+names the signal and the tail of the worker's log; the next case gets a fresh worker.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+class WorkerDied(Exception):
+    def __init__(self, status: str, reasons: list[str]):
+        super().__init__("; ".join(reasons))
+        self.status, self.reasons = status, reasons
+
+
+class Worker:
+    """One worker process. ``request(msg, timeout)`` returns its reply or raises WorkerDied."""
+
+    def __init__(self, *, threads: int = 0, plugins: tuple[str, ...] = (), start_timeout: float = 120):
+        env = dict(os.environ)
+        if threads > 0:
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                env[var] = str(threads)
+            env["ATTNBENCH_THREADS"] = str(threads)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
+        self.log = tempfile.NamedTemporaryFile(prefix="attnbench-worker-", suffix=".log", delete=False)
+        r, w = os.pipe()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "attnbench.harness.worker", str(w), *plugins],
+            stdin=subprocess.PIPE, stdout=self.log, stderr=self.log, pass_fds=(w,),
+            start_new_session=True, env=env, text=True,
+        )
+        os.close(w)
+        self._r = r
+        self._buf = b""
+        self._killed_by_us = False
+        self.ready = self._read(start_timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def _log_tail(self, n: int = 600) -> str:
+        try:
+            text = Path(self.log.name).read_text(errors="replace")
+        except OSError:
+            return ""
+        lines = [ln for ln in text.strip().splitlines() if "XFORMERS" not in ln]
+        return " | ".join(lines[-6:])[-n:]
+
+    def _read(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.kill()
+                raise WorkerDied("timeout", [f"exceeded the wall-clock limit of {timeout:g} s; worker killed"])
+            ready, _, _ = select.select([self._r], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(self._r, 1 << 20)
+            if not chunk:
+                raise self._death()
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def _death(self) -> WorkerDied:
+        try:
+            rc = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            rc = self.proc.returncode
+        tail = self._log_tail()
+        if rc is not None and rc < 0:
+            sig = signal.Signals(-rc).name
+            if sig == "SIGKILL" and not self._killed_by_us:
+                return WorkerDied("oom", [f"worker killed by SIGKILL (likely the kernel's OOM killer); log: {tail}"])
+            return WorkerDied("crash", [f"worker died with {sig}; log: {tail}"])
+        return WorkerDied("crash", [f"worker exited with code {rc}; log: {tail}"])
+
+    def request(self, msg: dict[str, Any], timeout: float) -> dict[str, Any]:
+        if not self.alive:
+            raise self._death()
+        try:
+            self.proc.stdin.write(json.dumps(msg) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise self._death() from None
+        return self._read(timeout)
+
+    def kill(self) -> None:
+        if self.alive:
+            self._killed_by_us = True
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def close(self) -> None:
+        if self.alive:
+            try:
+                self.proc.stdin.write(json.dumps({"op": "exit"}) + "\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+        os.close(self._r)
+        try:
+            os.unlink(self.log.name)
+        except OSError:
+            pass
+
+    def __enter__(self) -> "Worker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

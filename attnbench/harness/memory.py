@@ -1,0 +1,71 @@
+"""Peak memory of one call above the baseline once its inputs exist.
+
+CUDA: ``max_memory_allocated`` after ``reset_peak_memory_stats`` — the allocator's exact tensor
+bytes. CPU: the process's resident high-water mark (VmHWM) after resetting it through
+``/proc/self/clear_refs``, minus the resident size just before the call. ``malloc_trim`` first
+hands freed heap pages back to the OS, so earlier cases' garbage cannot hide this one's growth.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+from typing import Callable
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def rss_bytes() -> int:
+    return _status_kb("VmRSS") * 1024
+
+
+def hwm_bytes() -> int:
+    return _status_kb("VmHWM") * 1024
+
+
+def reset_hwm() -> None:
+    """Reset VmHWM to the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _trim() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the baseline is merely less tight
+        pass
+
+
+def cpu_peak_bytes(fn: Callable[[], object]) -> int:
+    """Bytes the process's resident set grew to during ``fn()`` above its size before it."""
+    _trim()
+    base = rss_bytes()
+    reset_hwm()
+    out = fn()
+    peak = hwm_bytes()
+    del out
+    return max(0, peak - base)
+
+
+def cuda_peak_bytes(fn: Callable[[], object], device: str = "cuda") -> int:
+    """Allocator bytes at peak during ``fn()`` above those allocated before it (exact)."""
+    import torch
+
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    out = fn()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    del out
+    return max(0, peak - base)
+
+
+def peak_bytes(fn: Callable[[], object], device: str = "cpu") -> int:
+    return cuda_peak_bytes(fn, device) if device.startswith("cuda") else cpu_peak_bytes(fn)

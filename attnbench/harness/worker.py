@@ -1,0 +1,55 @@
+"""Worker process: runs cases sent by the parent, one JSON line in, one JSON line out.
+
+Started by :mod:`attnbench.harness.isolate` in its own process group with the thread count
+already in its environment (so it is fixed before torch is imported). Results go to a
+dedicated pipe, not stdout, so nothing a kernel prints can corrupt the protocol.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def main() -> None:
+    result_fd = int(sys.argv[1])
+    plugins = sys.argv[2:]
+    out = os.fdopen(result_fd, "w", buffering=1)
+    os.dup2(2, 1)  # stray prints from kernels go to the worker's log, not the protocol
+
+    import torch
+
+    threads = int(os.environ.get("ATTNBENCH_THREADS", "0"))
+    if threads > 0:
+        torch.set_num_threads(threads)
+    from attnbench.registry import load_plugin
+
+    for p in plugins:
+        load_plugin(p)
+    from attnbench.harness.execute import run_case
+
+    def send(obj) -> None:
+        out.write(json.dumps(obj) + "\n")
+        out.flush()
+
+    send({"ready": True, "pid": os.getpid(), "threads": torch.get_num_threads()})
+    for line in sys.stdin:
+        msg = json.loads(line)
+        op = msg.get("op")
+        if op == "case":
+            send(run_case(msg["case"]))
+        elif op == "probe":
+            from attnbench.harness.env import device_environment
+            from attnbench.harness.flops import gemm_peak_gflops
+
+            info = device_environment(msg["device"])
+            info.update(gemm_peak_gflops(msg["device"], msg["dtype"], msg.get("budget_s", 2.0)))
+            send(info)
+        elif op == "exit":
+            break
+        else:
+            send({"status": "error", "reasons": [f"unknown worker op {op!r}"]})
+
+
+if __name__ == "__main__":
+    main()
