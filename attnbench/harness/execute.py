@@ -139,11 +139,14 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
                 return res
         del first
 
+        warm_ms = 0.0
         if case.get("memory", True):
+            t0 = time.perf_counter()
             res["peak_mem_bytes"] = memory.peak_bytes(call, shape.device)
+            warm_ms = (time.perf_counter() - t0) * 1e3
 
         t = case.get("timing", {})
-        stats = timing.measure(call, device=shape.device, **t)
+        stats = timing.measure(call, device=shape.device, warm_ms=warm_ms, **t)
         res.update(
             time_ms_median=stats.median_ms, time_ms_iqr=stats.iqr_ms, time_ms_min=stats.min_ms,
             repeats=stats.repeats, samples_ms=[round(s, 6) for s in stats.samples_ms],

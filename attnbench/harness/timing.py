@@ -56,13 +56,20 @@ def measure(
     warmup_s: float = 0.1,
     settle_rel: float = 0.02,
     settle_min: int = 10,
+    warm_ms: float = 0.0,
 ) -> TimingStats:
-    """Warm up for ``warmup_s`` (at least one call), then time repeats adaptively."""
-    t_end = time.perf_counter() + warmup_s
-    while True:
-        time_once(fn, device)
-        if time.perf_counter() >= t_end:
-            break
+    """Warm up for ``warmup_s`` (at least one call), then time repeats adaptively.
+
+    ``warm_ms``: how long an untimed call that just ran took (the memory pass). When it alone
+    exceeds ``warmup_s`` the kernel is warm already and the warm-up is skipped, which saves a
+    multi-second call at large n.
+    """
+    if warm_ms / 1e3 < warmup_s:
+        t_end = time.perf_counter() + warmup_s
+        while True:
+            time_once(fn, device)
+            if time.perf_counter() >= t_end:
+                break
     samples: list[float] = []
     spent = 0.0
     while len(samples) < max_repeats:

@@ -1,0 +1,34 @@
+# Two commands on a fresh CPU machine: `make run` and `make test` (each installs what it needs).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Exact CPU versions (torch 2.13.0 CPU build). On a GPU machine install with pip yourself and
+# keep your CUDA torch: `pip install -e '.[dev]'` (pyproject holds ranges only).
+CONSTRAINTS ?= constraints-cpu.txt
+STAMP := $(VENV)/.attnbench-installed
+ARGS ?=
+
+.PHONY: install run test test-fast test-slow clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c $(CONSTRAINTS) -e '.[dev,xformers]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job on a small default (attnbench/conf/bench.yaml): every variant, n = 512..2048.
+run: $(STAMP)
+	$(BIN)/python -m attnbench run $(ARGS)
+
+# Fast tests first, then the slow ones (FlexAttention compiles, worker sweeps).
+test: test-fast test-slow
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not cuda"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow and not cuda"
+
+clean:
+	rm -rf $(VENV) .pytest_cache
