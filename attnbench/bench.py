@@ -42,6 +42,7 @@ def base_row(spec: VariantSpec, shape: Shape, n: int, cfg: BenchConfig) -> dict[
         "io_bytes": io_bytes(shape),
         "kv_cache_bytes": 2 * shape.batch * shape.kv_heads * shape.kv_len * shape.head_dim * e,
         "flops": spec.flops(shape), "threads": cfg.threads, "params": dict(spec.defaults),
+        "gflops_per_s": None, "peak_fraction": None,
     }
 
 
@@ -77,7 +78,7 @@ class Runner:
             self.worker = None
         if self.worker is None:
             self.worker = Worker(threads=self.cfg.threads, plugins=tuple(self.cfg.plugins),
-                                 start_timeout=self.cfg.timeout_s)
+                                 start_timeout=max(120.0, self.cfg.timeout_s))
             self.worker_variant = variant
         return self.worker
 
@@ -130,8 +131,8 @@ class Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         jsonl = self.out / "results.jsonl"
         done: dict[tuple, dict] = {}
+        results.repair(jsonl)  # never append after a torn line
         if cfg.resume:
-            results.repair(jsonl)
             done = {results.case_key(r): r for r in results.read_rows(jsonl)}
         run_json = self.out / "run.json"
         t0 = time.time()

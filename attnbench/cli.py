@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # is_available() without a CUDA context
 
@@ -18,7 +19,7 @@ class UsageError(Exception):
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one clear line, exit 2 (argparse prints the whole usage)
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(message if self.prog == "attnbench" else f"{self.prog.split(' ', 1)[-1]}: {message}")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -88,7 +89,10 @@ def run_config(args):
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise UsageError(f"unexpected argument {bad[0]!r}: overrides are key=value (see attnbench/conf/bench.yaml)")
-    raw = compose(list(args.overrides))
+    base = None
+    if args.resume and args.out and (Path(args.out) / "run.json").exists():
+        base = json.loads((Path(args.out) / "run.json").read_text()).get("config")
+    raw = compose(list(args.overrides), base)
     for key in ("variants", "seq_lens", "dtype", "device", "out"):
         if getattr(args, key) is not None:
             raw[key] = getattr(args, key)

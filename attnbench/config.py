@@ -72,7 +72,7 @@ class BenchConfig:
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-def compose(overrides: list[str]) -> dict[str, Any]:
+def compose(overrides: list[str], base: dict[str, Any] | None = None) -> dict[str, Any]:
     """Hydra compose of ``bench.yaml`` with overrides -> plain dict."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -83,6 +83,9 @@ def compose(overrides: list[str]) -> dict[str, Any]:
     try:
         with initialize_config_dir(version_base=None, config_dir=str(CONF_DIR)):
             cfg = hydra_compose(config_name="bench", overrides=overrides)
+            if base is not None:  # a resumed run: its stored config, then today's overrides
+                stored = {k: v for k, v in base.items() if k != "resolved"}
+                cfg = OmegaConf.merge(cfg, stored, OmegaConf.from_dotlist(overrides))
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(f"bad override: {' '.join(str(e).split())}") from None
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
@@ -125,7 +128,8 @@ def validate(raw: dict[str, Any]) -> BenchConfig:
         variants = names(raw["variants"] if isinstance(raw["variants"], str) else list(raw["variants"]))
         baseline = get(raw["baseline"]).name
     except UnknownVariant as e:
-        raise ConfigError(f"--variants: {e}") from None
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith("--variants") else f"--variants: {msg}") from None
     seq_lens = parse_seq_lens(raw["seq_lens"])
     batch = _int(raw, "batch", "--batch", 1)
     heads = _int(raw, "heads", "--heads", 1)
@@ -157,6 +161,9 @@ def validate(raw: dict[str, Any]) -> BenchConfig:
         t["min_repeats"] = max(10, int(t["min_repeats"]))
     if raw.get("resume") and not raw.get("out"):
         raise ConfigError("--resume needs --out DIR: the run directory to continue")
+    if raw.get("out") and not raw.get("resume") and (Path(raw["out"]) / "results.jsonl").exists():
+        raise ConfigError(f"--out {raw['out']}: already holds a run (results.jsonl); "
+                          "add --resume to continue it, or choose a new --out")
     return BenchConfig(
         variants=variants, seq_lens=seq_lens, batch=batch, heads=heads, kv_heads=kv_heads,
         head_dim=head_dim, dtype=dtype, device=device, causal=bool(raw["causal"]), modes=modes,

@@ -117,7 +117,7 @@ class Tolerance:
 
 DEFAULT_TOLERANCES = {
     "float64": Tolerance(1e-10),
-    "float32": Tolerance(2e-5),
+    "float32": Tolerance(2e-5, rtol=1e-5),
     "float16": Tolerance(2e-3),
     "bfloat16": Tolerance(1.6e-2),
 }
@@ -333,6 +333,9 @@ def load_plugin(path: str | Path) -> None:
     _CURRENT_SOURCE = f"plugin {p}"
     try:
         spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(mod_name, None)  # a fixed file can be loaded again in this process
+        raise
     finally:
         _CURRENT_SOURCE = "builtin"
 
@@ -375,7 +378,7 @@ def get(name: str) -> VariantSpec:
 def names(selection: str | list[str] = "all") -> list[str]:
     """Expand ``all``, comma lists, bare patterns and fnmatch globs to registered names.
 
-    Order follows the registry's sorted order; each name once. Unknown names or globs that
+    A comma list keeps its order; the names a glob or ``all`` matches come sorted; each name once. Unknown names or globs that
     match nothing raise :class:`UnknownVariant`.
     """
     _load_builtin()

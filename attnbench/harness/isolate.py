@@ -37,6 +37,7 @@ class Worker:
                 env[var] = str(threads)
             env["ATTNBENCH_THREADS"] = str(threads)
         env["PYTHONUNBUFFERED"] = "1"
+        env["ATTNBENCH_PARENT_PID"] = str(os.getpid())
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
         self.log = tempfile.NamedTemporaryFile(prefix="attnbench-worker-", suffix=".log", delete=False)
         r, w = os.pipe()

@@ -12,6 +12,18 @@ import sys
 
 
 def main() -> None:
+    import ctypes
+    import signal
+
+    try:  # PR_SET_PDEATHSIG: die with the parent, even when it is killed with SIGKILL
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if str(os.getppid()) != os.environ.get("ATTNBENCH_PARENT_PID", str(os.getppid())):
+        sys.exit(1)  # the parent died before prctl took effect
+    import faulthandler
+
+    faulthandler.enable()  # a segfault's Python stack lands in the worker log, hence the row
     result_fd = int(sys.argv[1])
     plugins = sys.argv[2:]
     out = os.fdopen(result_fd, "w", buffering=1)

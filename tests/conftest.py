@@ -1,0 +1,45 @@
+"""Shared pytest fixtures and hooks for the attnbench test suite.
+
+* ``cuda``-marked tests are skipped, with a stated reason, where no CUDA device exists.
+* ``clean_registry`` lets a test register variants (directly, from a plugin file or through an
+  entry point) and removes everything it added afterwards, so tests cannot leak variants into
+  each other or into ``names('all')``.
+"""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from attnbench import registry
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_cuda = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is False")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture
+def clean_registry():
+    """Snapshot the registry (and plugin modules); restore it after the test.
+
+    Yields the registry module. Builtins are loaded first, so that the snapshot holds them and
+    the test's own additions are the only difference.
+    """
+    registry.all_specs()  # load builtins and installed entry points before the snapshot
+    before = dict(registry._REGISTRY)
+    modules_before = set(sys.modules)
+    try:
+        yield registry
+    finally:
+        registry._REGISTRY.clear()
+        registry._REGISTRY.update(before)
+        registry._CURRENT_SOURCE = "builtin"
+        for name in set(sys.modules) - modules_before:
+            if name.startswith("attnbench_plugin_") or name.startswith("fakepkg_attn"):
+                del sys.modules[name]
