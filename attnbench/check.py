@@ -12,6 +12,7 @@ import torch
 
 from attnbench import reference
 from attnbench.harness.execute import classify, make_inputs
+from attnbench.patterns import reference_constraints
 from attnbench.registry import Shape, VariantSpec
 
 
@@ -44,12 +45,16 @@ def check_case(spec: VariantSpec, shape: Shape, *, grads: bool = True, seed: int
         return CheckResult(spec.name, shape, "unsupported", reasons)
     want_grads = grads and not spec.not_supported_reasons(grad_shape)
     try:
-        q, k, v = make_inputs(spec.resolve_shape(shape), seed, requires_grad=want_grads)
+        rshape = spec.resolve_shape(shape)
+        q, k, v = make_inputs(rshape, seed, requires_grad=want_grads)
         out = spec(q, k, v, causal=shape.causal, **params).out
         q64, k64, v64 = (t.detach().double().requires_grad_(want_grads) for t in (q, k, v))
         qlp, klp, vlp = (t.detach().clone().requires_grad_(want_grads) for t in (q, k, v))
-        ref64 = reference.attention(q64, k64, v64, causal=shape.causal).out
-        reflp = reference.attention(qlp, klp, vlp, causal=shape.causal).out
+        mask, bias, causal = reference_constraints(spec.reference, rshape, {**spec.defaults, **params},
+                                                   device=q.device)
+        ref64 = reference.attention(q64, k64, v64, causal=causal, mask=mask, bias=bias).out
+        bias_lp = None if bias is None else bias.to(q.dtype)
+        reflp = reference.attention(qlp, klp, vlp, causal=causal, mask=mask, bias=bias_lp).out
         tol = spec.tolerance(shape.dtype)
         errors = {"out": _max_err(out, ref64)}
         allowed = {"out": 2 * _max_err(reflp, ref64) + tol.atol + tol.rtol * ref64.abs().max().item()}

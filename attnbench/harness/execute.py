@@ -39,18 +39,24 @@ def make_inputs(shape: Shape, seed: int = 0, requires_grad: bool = False):
     return q, k, v
 
 
-def check_rows(spec: VariantSpec, shape: Shape, q, k, v, out: torch.Tensor, n_rows: int = 16) -> dict:
+def check_rows(spec: VariantSpec, shape: Shape, q, k, v, out: torch.Tensor, n_rows: int = 16,
+               params: dict | None = None) -> dict:
     """Compare ``out`` with the fp64 reference on sampled query rows.
 
     Tolerance (FlashAttention's rule): the kernel's error against fp64 may be at most twice
     that of the reference evaluated at the case's dtype, plus the spec's floor for the dtype.
+    The reference is the spec's: full attention, or its pattern's mask (and bias).
     """
+    from attnbench.patterns import reference_constraints
+
     rows = reference.sample_rows(shape.seq_len, n_rows, device=q.device)
     with torch.no_grad():
-        ref64 = reference.attention_rows(q, k, v, rows, causal=shape.causal)
-        q_lp = q.detach()[:, :, rows]
-        mask = reference.causal_mask(shape.seq_len, shape.kv_len, q.device, rows) if shape.causal else None
-        ref_lp = reference.attention(q_lp, k.detach(), v.detach(), mask=mask).out
+        mask, bias, _ = reference_constraints(spec.reference, shape, {**spec.defaults, **(params or {})},
+                                              rows=rows, device=q.device)
+        q_lp, k_lp, v_lp = q.detach()[:, :, rows], k.detach(), v.detach()
+        ref64 = reference.attention(q_lp.double(), k_lp.double(), v_lp.double(), mask=mask, bias=bias).out
+        ref_lp = reference.attention(q_lp, k_lp, v_lp, mask=mask,
+                                     bias=None if bias is None else bias.to(q.dtype)).out
         got = out.detach()[:, :, rows].double()
         err = (got - ref64).abs().max().item() if got.numel() else 0.0
         err_torch = (ref_lp.double() - ref64).abs().max().item() if got.numel() else 0.0
@@ -127,7 +133,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
 
         out_to_check = setup_out if setup_out is not None else first
         if case.get("check", True) and spec.exact:
-            chk = check_rows(spec, shape, q, k, v, out_to_check)
+            chk = check_rows(spec, shape, q, k, v, out_to_check, params=params)
             res.update(max_abs_err=chk["max_abs_err"], allowed_err=chk["allowed_err"])
             if not chk["ok"]:
                 del first

@@ -1,2 +1,3 @@
 """Built-in variants, one module per family. Importing this package registers them all."""
 from attnbench.variants import full, sdpa, flex, xformers, mqa  # noqa: F401
+from attnbench.variants import window, sparse, swin  # noqa: F401  (patterns: @dense/@flex/@sdpa_mask)
