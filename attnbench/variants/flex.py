@@ -64,12 +64,27 @@ def causal_block_mask(n: int, m: int, device: str):
     return build_block_mask(causal, n, m, device)
 
 
+@functools.lru_cache(maxsize=64)
+def full_block_mask(n: int, m: int, device: str):
+    """An explicit all-True BlockMask. Passing ``block_mask=None`` instead makes the CPU kernel
+    allocate an O(N M) buffer (138 MB at n = 4096, 2.1 GB at n = 16384, torch 2.13); with this
+    mask its peak memory stays O(N D), at the same speed."""
+
+    def everything(b, h, q_idx, kv_idx):
+        return q_idx >= 0
+
+    return build_block_mask(everything, n, m, device)
+
+
 def flex_forward(q, k, v, *, causal=False, state=None, need_weights=False, block_mask=None,
                  score_mod=None) -> AttnOutput:
     """q [B, H, N, D], k/v [B, Hkv, M, D] -> out [B, H, N, D] (and lse [B, H, N] on CUDA)."""
     n, m = q.shape[2], k.shape[2]
-    if causal and block_mask is None and not (n == 1 and m >= 1):
-        block_mask = causal_block_mask(n, m, str(q.device))
+    if block_mask is None:
+        if causal and n > 1:  # a single decode query sees its whole cache
+            block_mask = causal_block_mask(n, m, str(q.device))
+        else:
+            block_mask = full_block_mask(n, m, str(q.device))
     # On CPU the compiled kernel cannot return the log-sum-exp (torch 2.13), so ask only on CUDA.
     want_lse = q.device.type == "cuda"
     res = compiled_flex()(
