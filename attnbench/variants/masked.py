@@ -112,9 +112,11 @@ def register_pattern(p: Pattern) -> Pattern:
     flops = lambda shape, _n=p.name, _d=dict(p.defaults): pattern_flops(_n, shape, _d)  # noqa: E731
     common = dict(family=p.family, exact=True, defaults=dict(p.defaults), reference=p.name,
                   causal=p.causal, paper=p.paper, flops_fn=flops, cross=not p.grid)
+    dense_mem = _materialized if p.make_bias is None else (
+        lambda s: _materialized(s) + s.heads * s.seq_len * s.kv_len * s.element_size)  # + [H, N, M] bias
     add(VariantSpec(name=f"{p.name}@dense", forward=make_dense(p), time="O(n^2 d)", memory="O(n^2)",
                     doc=f"{p.doc}; masked softmax on dense scores (the pattern's reference)",
-                    memory_fn=_materialized, extra_reasons=_dense_reasons, returns_weights=True,
+                    memory_fn=dense_mem, extra_reasons=_dense_reasons, returns_weights=True,
                     default=False, **common))
     add(VariantSpec(name=f"{p.name}@flex", forward=make_flex(p), time="O(n w d)", memory="O(n d)",
                     doc=f"{p.doc}; FlexAttention with the pattern's mask_mod, compiled",
