@@ -143,6 +143,11 @@ class Runner:
             info.setdefault("resumed_at", []).append(dt.datetime.now(dt.timezone.utc).isoformat())
         else:
             info = {**env.host_environment(), "started_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+            load, cores = info["load_average_1m"], info["cpu_count"] or 1
+            if cfg.device == "cpu" and load > 0.5 * min(cfg.threads, cores):
+                self.console.print(
+                    f"[yellow]warning: load average {load:.1f} on {cores} cores: other processes share the "
+                    f"CPU, so multi-threaded timings (OpenMP waits) can be off by orders of magnitude[/yellow]")
             self.console.print(f"probing {cfg.device} (GEMM peak, device facts) ...")
             info.update(self.probe())
             info["config"] = {**cfg.raw, "resolved": {

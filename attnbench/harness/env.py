@@ -63,6 +63,7 @@ def host_environment() -> dict[str, object]:
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "mem_available_bytes": mem_available_bytes(),
+        "load_average_1m": os.getloadavg()[0],  # other load ruins multi-threaded CPU timings
         "versions": versions(),
         **git_state(),
     }
