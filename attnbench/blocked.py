@@ -76,8 +76,24 @@ def _normal_tensors():
     return torch.inference_mode(False)
 
 
+class _DeviceCopies:
+    """``dev(name, device)``: a plan tensor copied to ``device`` once and kept in ``_cache``."""
+
+    _cache: dict
+
+    def _host(self, name: str) -> torch.Tensor:
+        return getattr(self, name)
+
+    def dev(self, name: str, device) -> torch.Tensor:
+        key = (name, str(device))
+        if key not in self._cache:
+            with _normal_tensors():
+                self._cache[key] = self._host(name).to(device).clone()
+        return self._cache[key]
+
+
 @dataclass(eq=False)
-class LightChunk:
+class LightChunk(_DeviceCopies):
     """C query blocks of ``rows`` queries each, against L = S*b + E key columns."""
 
     blocks: int  # C
@@ -119,17 +135,13 @@ class LightChunk:
                 self._cache[key] = full.to(device)
         return self._cache[key]
 
-    def dev(self, name: str, device) -> torch.Tensor:
-        key = (name, str(device))
-        if key not in self._cache:
-            t = getattr(self, name)
-            with _normal_tensors():
-                self._cache[key] = (t.reshape(-1) if name == "kidx" else t).to(device).clone()
-        return self._cache[key]
+    def _host(self, name: str) -> torch.Tensor:
+        t = getattr(self, name)
+        return t.reshape(-1) if name == "kidx" else t
 
 
 @dataclass(eq=False)
-class DenseChunk:
+class DenseChunk(_DeviceCopies):
     """Heavy query rows against the contiguous key range [kstart, kend)."""
 
     qrows: torch.Tensor  # [R] query indices
@@ -157,16 +169,9 @@ class DenseChunk:
             self._cache[key] = m
         return m
 
-    def dev(self, name: str, device) -> torch.Tensor:
-        key = (name, str(device))
-        if key not in self._cache:
-            with _normal_tensors():
-                self._cache[key] = getattr(self, name).to(device).clone()
-        return self._cache[key]
-
 
 @dataclass(eq=False)
-class BlockPlan:
+class BlockPlan(_DeviceCopies):
     n: int
     m: int
     block: int
@@ -195,12 +200,6 @@ class BlockPlan:
                 self._cache[key] = (qi.to(device), ki.to(device))
         return self._cache[key]
 
-    def dev(self, name: str, device) -> torch.Tensor:
-        key = (name, str(device))
-        if key not in self._cache:
-            with _normal_tensors():
-                self._cache[key] = getattr(self, name).to(device).clone()
-        return self._cache[key]
 
     def describe(self) -> dict:
         band = [c for c in self.light if c.band_start is not None]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -164,7 +163,3 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     finally:
         res["case_wall_s"] = time.perf_counter() - t_case
     return res
-
-
-def describe_shape(shape: Shape) -> dict:
-    return asdict(shape)
