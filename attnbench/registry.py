@@ -166,6 +166,19 @@ class VariantSpec:
     # Kernel-specific reasons beyond the declared capabilities (an SDPA backend's own checks).
     extra_reasons: Callable[[Shape], list[str]] | None = None
     reference: str = "full"  # which definition in attnbench.reference it must equal
+    # The variant's own dense definition, when it is not softmax attention under a mask
+    # (FAVOR+ with its drawn features, LSH with its drawn rotations, Transformer-XL's relative
+    # scores): ``reference_fn(q, k, v, *, causal, rows=None, **params) -> out [B, H, R, D]``
+    # computed at the inputs' dtype with dense tensors (rows: the query rows to return, or all).
+    # check/run compare the kernel with it (outputs and gradients) instead of ``reference``.
+    reference_fn: Callable[..., torch.Tensor] | None = None
+    # What a non-exact variant approximates, for its ``rel_err`` (attnbench.approx):
+    # ``target_fn(q, k, v, *, causal, **params) -> out [B, H, N, D]``; None = softmax attention.
+    target_fn: Callable[..., torch.Tensor] | None = None
+    # Decode with a running state (linear attention, FAVOR+): ``decode_state(k, v, **params)``
+    # summarizes the first M-1 cached keys; decode mode builds it untimed and times
+    # ``forward(q, k_last, v_last, state=state)`` — O(1) in M per token.
+    decode_state: Callable[..., Any] | None = None
     default: bool = False  # the kernel that the bare pattern name means
     source: str = "builtin"  # builtin | plugin file | entry point
 
@@ -253,6 +266,8 @@ class VariantSpec:
             "paper": self.paper,
             "doc": self.doc,
             "source": self.source,
+            "own_reference": self.reference_fn is not None,
+            "running_state_decode": self.decode_state is not None,
         }
 
 

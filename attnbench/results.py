@@ -21,7 +21,8 @@ ROW_FIELDS = (
     "schema_version", *KEY_FIELDS, "q_len", "kv_len", "pattern", "kernel", "family", "exact",
     "status", "reasons", "time_ms_median", "time_ms_iqr", "time_ms_min", "repeats",
     "first_call_ms", "peak_mem_bytes", "io_bytes", "kv_cache_bytes", "predicted_peak_bytes",
-    "flops", "gflops_per_s", "peak_fraction", "max_abs_err", "allowed_err", "threads", "params",
+    "flops", "gflops_per_s", "peak_fraction", "max_abs_err", "allowed_err", "rel_err", "rel_err_sharp",
+    "threads", "params",
     "samples_ms", "case_wall_s",
 )
 

@@ -49,13 +49,20 @@ def check_rows(spec: VariantSpec, shape: Shape, q, k, v, out: torch.Tensor, n_ro
     from attnbench.patterns import reference_constraints
 
     rows = reference.sample_rows(shape.seq_len, n_rows, device=q.device)
+    full_params = {**spec.defaults, **(params or {})}
     with torch.no_grad():
-        mask, bias, _ = reference_constraints(spec.reference, shape, {**spec.defaults, **(params or {})},
-                                              rows=rows, device=q.device)
-        q_lp, k_lp, v_lp = q.detach()[:, :, rows], k.detach(), v.detach()
-        ref64 = reference.attention(q_lp.double(), k_lp.double(), v_lp.double(), mask=mask, bias=bias).out
-        ref_lp = reference.attention(q_lp, k_lp, v_lp, mask=mask,
-                                     bias=None if bias is None else bias.to(q.dtype)).out
+        if spec.reference_fn is not None:  # the variant's own definition (FAVOR+, LSH, XL)
+            qd, kd, vd = q.detach(), k.detach(), v.detach()
+            ref64 = spec.reference_fn(qd.double(), kd.double(), vd.double(), causal=shape.causal,
+                                      rows=rows, **full_params)
+            ref_lp = spec.reference_fn(qd, kd, vd, causal=shape.causal, rows=rows, **full_params)
+        else:
+            mask, bias, _ = reference_constraints(spec.reference, shape, full_params,
+                                                  rows=rows, device=q.device)
+            q_lp, k_lp, v_lp = q.detach()[:, :, rows], k.detach(), v.detach()
+            ref64 = reference.attention(q_lp.double(), k_lp.double(), v_lp.double(), mask=mask, bias=bias).out
+            ref_lp = reference.attention(q_lp, k_lp, v_lp, mask=mask,
+                                         bias=None if bias is None else bias.to(q.dtype)).out
         got = out.detach()[:, :, rows].double()
         err = (got - ref64).abs().max().item() if got.numel() else 0.0
         err_torch = (ref_lp.double() - ref64).abs().max().item() if got.numel() else 0.0
@@ -69,6 +76,17 @@ def check_rows(spec: VariantSpec, shape: Shape, q, k, v, out: torch.Tensor, n_ro
 def _calls(spec: VariantSpec, shape: Shape, q, k, v, params: dict):
     """(setup output, timed callable) for the case's mode; the callable returns what it made."""
     fwd = lambda: spec(q, k, v, causal=shape.causal, **params).out  # noqa: E731
+    if shape.mode == "decode" and spec.decode_state is not None and k.shape[2] > 1:
+        # A running-state decoder: the state of the first M-1 tokens is built untimed; each
+        # step reads only the newest token's k, v and the state (O(1) in M).
+        with torch.inference_mode():
+            state = spec.decode_state(k[:, :, :-1], v[:, :, :-1], **{**spec.defaults, **params})
+        k1, v1 = k[:, :, -1:], v[:, :, -1:]
+
+        def step():
+            with torch.inference_mode():
+                return spec(q, k1, v1, causal=shape.causal, state=state, **params).out
+        return None, step
     if shape.mode in ("fwd", "decode"):
         def call():
             with torch.inference_mode():
@@ -131,7 +149,11 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         res["first_call_ms"] = (time.perf_counter() - t0) * 1e3
 
         out_to_check = setup_out if setup_out is not None else first
-        if case.get("check", True) and spec.exact:
+        if case.get("check", True) and not spec.exact:
+            from attnbench.approx import rel_errors
+
+            res.update(rel_errors(spec, shape, params))
+        if case.get("check", True) and (spec.exact or spec.reference_fn is not None):
             chk = check_rows(spec, shape, q, k, v, out_to_check, params=params)
             res.update(max_abs_err=chk["max_abs_err"], allowed_err=chk["allowed_err"])
             if not chk["ok"]:
@@ -140,6 +162,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
                 res["reasons"] = [
                     f"max abs error {chk['max_abs_err']:.3g} on {chk['rows_checked']} sampled query rows "
                     f"exceeds the allowed {chk['allowed_err']:.3g} (2x torch's own error at {shape.dtype} + floor)"
+                    + (" against the variant's own dense definition" if spec.reference_fn else "")
                 ]
                 return res
         del first
