@@ -155,6 +155,23 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _rel_err_cell(spec, device: str, dtype: str, status) -> str:
+    """rel_err of an approximate variant vs exact softmax at n = 1024 (gaussian / sharp inputs)."""
+    from attnbench.approx import REL_ERR_N, rel_errors
+    from attnbench.registry import Shape
+
+    for causal in (False, True):
+        sh = Shape(batch=1, heads=8, kv_heads=8, seq_len=REL_ERR_N, kv_len=REL_ERR_N, head_dim=64,
+                   dtype=dtype, device=device, causal=causal)
+        if not spec.not_supported_reasons(sh):
+            status.update(f"{spec.name}: relative error at n={REL_ERR_N} ({'causal' if causal else 'not causal'})")
+            r = rel_errors(spec, sh)
+            if r.get("rel_err") is None:
+                return f"failed: {r.get('rel_err_failed', '?')[:60]}"
+            return f"{r['rel_err']:.3g} / {r['rel_err_sharp']:.3g}" + (" (causal)" if causal else "")
+    return "n/a here"
+
+
 def cmd_check(args) -> int:
     from attnbench.report.console import make_console
     from rich.table import Table
@@ -170,8 +187,10 @@ def cmd_check(args) -> int:
     chosen = names(args.variants)
     shapes = standard_shapes(device, tuple(args.dtype) if args.dtype else None, args.quick)
     console = make_console()
-    t = Table(title=f"attnbench check on {device}: outputs{'' if args.no_grad else ' and gradients'} vs the fp64 dense reference")
-    for c in ("variant", "ok", "incorrect", "error", "unsupported", "worst err / allowed", "first problem"):
+    t = Table(title=f"attnbench check on {device}: outputs{'' if args.no_grad else ' and gradients'} vs the fp64 dense "
+                    "reference (approximate variants: vs their own dense definition; rel_err vs exact softmax at n=1024)")
+    for c in ("variant", "ok", "incorrect", "error", "unsupported", "worst err / allowed", "rel_err gauss / sharp",
+              "first problem"):
         t.add_column(c)
     failed = False
     with console.status("checking ...") as status:
@@ -186,11 +205,15 @@ def cmd_check(args) -> int:
                 worst = max(worst, r.worst_ratio)
                 if r.status in ("incorrect", "error", "oom") and not problem:
                     problem = f"{sh.dtype} N={sh.seq_len} M={sh.kv_len} causal={sh.causal} hkv={sh.kv_heads}: {r.reasons[0][:120]}"
+            rel = "-"
             if not spec.exact:
-                continue
+                rel = _rel_err_cell(spec, device, shapes[0].dtype, status)
+                if spec.reference_fn is None:  # nothing of its own to equal: only its error is shown
+                    t.add_row(name, "-", "-", "-", "-", "-", rel, "approximate, no dense definition of its own")
+                    continue
             failed |= bool(counts["incorrect"] or counts["error"] or counts["oom"])
             t.add_row(name, str(counts["ok"]), str(counts["incorrect"]), str(counts["error"] + counts["oom"]),
-                      str(counts["unsupported"]), f"{worst:.2f}", problem)
+                      str(counts["unsupported"]), f"{worst:.2f}", rel, problem)
     console.print(t)
     console.print("FAILED: some kernels are incorrect or raised" if failed else "all checked cases within tolerance")
     return 1 if failed else 0

@@ -491,3 +491,71 @@ def test_timeout_does_not_count_worker_startup(tmp_path):
     rows = run_ok(out, "--variants", "full@sdpa", "--seq-lens", "32", "--timeout", "0.5",
                   "--time-budget", "0.05", "timing.warmup_s=0.01")
     assert [r["status"] for r in rows] == ["ok"], [r["reasons"] for r in rows]
+
+
+# ------------------------------------------------- approximate variants: own definition, rel_err, decode state
+def _scaled_softmax(q, k, v, *, causal=False, rows=None, **_):
+    """A deliberately inexact 'approximation': softmax attention with q scaled by 0.9."""
+    from attnbench import reference as R
+
+    out = R.attention(0.9 * q, k, v, causal=causal).out
+    return out if rows is None else out[:, :, rows]
+
+
+def _register_fake_approx(registry, *, broken=False):
+    import torch
+
+    from attnbench.registry import AttnOutput, VariantSpec
+
+    calls = {}
+
+    def forward(q, k, v, *, causal=False, state=None, need_weights=False):
+        if state is not None:  # decode: the state holds the earlier keys and values
+            calls["decode_kv_len"], calls["state_len"] = k.shape[2], state[0].shape[2]
+            k, v = torch.cat([state[0], k], 2), torch.cat([state[1], v], 2)
+        out = _scaled_softmax(q, k, v, causal=causal)
+        return AttnOutput(out=out + (0.1 if broken else 0.0))
+
+    registry.add(VariantSpec(
+        name="fakeapprox@k", forward=forward, family="test", exact=False, time="-", memory="-",
+        reference_fn=_scaled_softmax, decode_state=lambda k, v: (k.clone(), v.clone())))
+    return calls
+
+
+def _case(variant, mode="fwd", n=64):
+    q_len = 1 if mode == "decode" else n
+    return {"variant": variant, "shape": dict(batch=1, heads=2, kv_heads=2, seq_len=q_len, kv_len=n,
+                                              head_dim=16, mode=mode),
+            "timing": {"budget_s": 0.01, "min_repeats": 3}}
+
+
+def test_approximate_row_has_rel_err_and_own_check(clean_registry):
+    from attnbench.approx import rel_errors
+    from attnbench.harness.execute import run_case
+    from attnbench.registry import Shape
+
+    _register_fake_approx(clean_registry)
+    row = run_case(_case("fakeapprox@k"))
+    assert row["status"] == "ok", row
+    # checked against its own definition (exactly equal), yet its error vs softmax is not small
+    assert row["max_abs_err"] <= row["allowed_err"] and row["max_abs_err"] < 1e-5
+    assert 0.01 < row["rel_err"] < 1 and 0.01 < row["rel_err_sharp"] < 1
+    direct = rel_errors(clean_registry.get("fakeapprox@k"), Shape(1, 2, 2, 1024, 1024, 16))
+    assert row["rel_err"] == pytest.approx(direct["rel_err"])
+
+
+def test_approximate_kernel_off_its_own_definition_is_incorrect(clean_registry):
+    from attnbench.harness.execute import run_case
+
+    _register_fake_approx(clean_registry, broken=True)
+    row = run_case(_case("fakeapprox@k"))
+    assert row["status"] == "incorrect" and "own dense definition" in row["reasons"][0]
+
+
+def test_decode_with_running_state_reads_one_token(clean_registry):
+    from attnbench.harness.execute import run_case
+
+    calls = _register_fake_approx(clean_registry)
+    row = run_case(_case("fakeapprox@k", mode="decode", n=100))
+    assert row["status"] == "ok", row
+    assert calls == {"decode_kv_len": 1, "state_len": 99}

@@ -374,3 +374,49 @@ def test_naive_weights_sum_to_one(n, m, causal):
         assert (res.weights[..., ~reference.causal_mask(n, m)] == 0).all()
     torch.testing.assert_close(res.weights @ v.repeat_interleave(2, 1), res.out, rtol=0, atol=1e-12)
     assert spec(q, k, v, causal=causal).weights is None
+
+
+# ---------------------------------------------------------------- variants with their own definition
+def _own_definition_specs() -> list[VariantSpec]:
+    """Approximate (FAVOR+, LSH, linear) and position-aware (Transformer-XL) variants: each is
+    checked against its own dense definition (``reference_fn``); their families' test files go
+    further (error vs exact softmax, leaks, decode)."""
+    return [get(n) for n in names("all") if get(n).reference_fn is not None]
+
+
+OWN_SIZES = [(7, 7), (100, 100), (129, 129)]
+
+
+@pytest.mark.parametrize("variant", [s.name for s in _own_definition_specs()])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_own_definition_kernels_match(variant, causal, dtype):
+    spec = get(variant)
+    ran = 0
+    for n, m in OWN_SIZES:
+        sh = Shape(batch=2, heads=4, kv_heads=4, seq_len=n, kv_len=m, head_dim=16, dtype=dtype, causal=causal)
+        res = check_case(spec, sh, grads=True)
+        if res.status == "unsupported":
+            assert res.reasons and all(r.strip() for r in res.reasons)
+            continue
+        assert res.status == "ok", f"{variant} {sh}: {res.reasons} {res.errors} {res.allowed}"
+        ran += 1
+    if not ran:
+        pytest.skip(f"{variant}: no {'causal' if causal else 'non-causal'} case supported")
+
+
+def test_every_approximate_variant_reports_rel_err():
+    """rel_err (gaussian) and rel_err_sharp are finite, and an exact kernel's is ~0."""
+    from attnbench.approx import rel_errors
+
+    approx = [get(n) for n in names("all") if not get(n).exact and get(n).family != "test"]
+    for spec in approx:
+        for causal in (False, True):
+            sh = Shape(batch=1, heads=2, kv_heads=2, seq_len=64, kv_len=64, head_dim=16, causal=causal)
+            if spec.not_supported_reasons(sh):
+                continue
+            r = rel_errors(spec, sh)
+            assert r["rel_err"] is not None and 0 <= r["rel_err"] < 10, (spec.name, r)
+            assert r["rel_err_sharp"] is not None and 0 <= r["rel_err_sharp"] < 10, (spec.name, r)
+    exact = rel_errors(get("full@naive"), Shape(1, 2, 2, 64, 64, 16))
+    assert exact["rel_err"] < 1e-6 and exact["rel_err_sharp"] < 1e-6

@@ -375,3 +375,19 @@ def test_global_positions():
     assert global_positions(10, [9, 3, 3, 12, -1]).tolist() == [3, 9]
     assert global_positions(2, 5).tolist() == [0, 1]
     assert block_sparse_layout(4, 4, dict(layout="strided", stride=2)).sum() > 0
+
+
+@pytest.mark.parametrize("nbk, want", [(1, 1), (4, 2), (32, 6), (256, 16)])
+def test_auto_stride_is_sqrt_of_key_blocks(nbk, want):
+    from attnbench.variants.sparse import block_stride
+
+    assert block_stride("auto", nbk) == want
+    lay = block_sparse_layout(nbk, nbk, dict(layout="strided", stride="auto"))
+    # each query block: < 2s local blocks plus about nbk / s strided ones -> O(sqrt(nbk)) blocks per row
+    assert lay.sum(1).max() <= 2 * want - 1 + nbk // want + 1
+
+
+@pytest.mark.parametrize("bad", [0, -2, "sqrt", 1.5, True])
+def test_bad_stride_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="stride .*allowed: an int >= 1 or 'auto'"):
+        block_sparse_layout(4, 4, dict(layout="strided", stride=bad))

@@ -337,3 +337,71 @@ def test_flex_matches_pattern(pattern, params, n, m, hkv, causal):
     res = check_case(get(f"{pattern}@flex"), shape, grads=True, params=params)
     assert res.status == "ok", (res.reasons, res.errors, res.allowed)
     assert any("gradients not checked" in r for r in res.reasons)  # said so, not hidden
+
+
+# --------------------------------------------------------------------------- @xformers (CUDA kernels)
+
+def _xformers_fmha():
+    pytest.importorskip("xformers")
+    from attnbench.variants.xformers import _import_xformers
+
+    return _import_xformers()[1]
+
+
+@pytest.mark.parametrize("n, m", [(7, 7), (100, 100), (37, 91), (91, 37), (1, 300)])
+@pytest.mark.parametrize("window", [0, 1, 3, 16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_xformers_sliding_bias_is_the_pattern(n, m, window, causal):
+    """The bias xformers gets is exactly the pattern's mask (materialized on CPU, so this holds
+    wherever the CUDA kernel later runs)."""
+    from attnbench.variants.xformers import sliding_bias
+
+    bias = sliding_bias(_xformers_fmha(), n, m, causal, window)
+    got = torch.isfinite(bias.materialize((n, m), dtype=torch.float32))
+    want = reference_constraints("sliding_window", _shape(n, m, causal=causal), {"window": window})[0]
+    assert torch.equal(got, want.expand(n, m))
+
+
+@pytest.mark.parametrize("n, block", [(7, 3), (100, 16), (64, 64), (37, 5)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_xformers_block_local_bias_is_the_pattern(n, block, causal):
+    from attnbench.variants.xformers import block_local_bias
+
+    batch = 2
+    bias = block_local_bias(_xformers_fmha(), batch, n, causal, block)
+    got = torch.isfinite(bias.materialize((batch * n, batch * n), dtype=torch.float32))
+    want = reference_constraints("block_local", _shape(n, n, causal=causal), {"block": block, "prev": False})[0]
+    assert torch.equal(got, torch.block_diag(*[want.expand(n, n)] * batch))  # no pair across batch items
+
+
+def test_xformers_pattern_kernels_give_reasons_here():
+    """On CPU (or with prev=True / N != M for block_local) the row is 'unsupported' with a reason."""
+    sh = _shape(100, 100, causal=False)
+    for name in ("sliding_window@xformers", "block_local@xformers"):
+        spec = get(name)
+        if torch.cuda.is_available() and not spec.missing_packages():
+            continue
+        assert check_case(spec, sh).status == "unsupported"
+        assert check_case(spec, sh).reasons
+    from attnbench.variants.xformers import _block_local_limits
+
+    assert "prev=True" in _block_local_limits(True, 8, 8)[0]
+    assert "N == M" in _block_local_limits(False, 8, 9)[0]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("variant, params", [
+    ("sliding_window@xformers", dict(window=16)), ("sliding_window@xformers", dict(window=0)),
+    ("block_local@xformers", dict(block=16, prev=False)), ("block_local@xformers", dict(block=5, prev=False)),
+])
+@pytest.mark.parametrize("n, m", [(100, 100), (257, 257), (37, 91)])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("hkv", [8, 1])
+def test_xformers_pattern_kernels_cuda(variant, params, n, m, causal, hkv):
+    sh = Shape(batch=2, heads=8, kv_heads=hkv, seq_len=n, kv_len=m, head_dim=64, dtype="float16",
+               device="cuda", causal=causal)
+    res = check_case(get(variant), sh, params=params)
+    if variant.startswith("block_local") and n != m:
+        assert res.status == "unsupported" and "N == M" in res.reasons[0]
+        return
+    assert res.status == "ok", res.reasons

@@ -12,7 +12,8 @@ Definitions (qp = i + M - N is the query's position among the keys; blocks are i
 * ``block_sparse``: any block layout [ceil(N'/b), ceil(M/b)] (N' = query positions in key
   space); presets ``strided`` and ``fixed`` are the Sparse Transformer's (Child et al. 2019)
   at block granularity with ``stride`` blocks (``fixed``: ``summary`` last blocks of each
-  stride segment are attended by everyone).
+  stride segment are attended by everyone); ``stride='auto'`` is round(sqrt(key blocks)), the
+  paper's stride ~ sqrt(n), so either preset does O(n sqrt(n)) work.
 """
 from __future__ import annotations
 
@@ -80,6 +81,16 @@ def _bigbird(n, m, params, device):
     return mask_mod
 
 
+def block_stride(stride, nbk: int) -> int:
+    """The preset's stride in blocks: an int >= 1, or 'auto' = round(sqrt(key blocks)), the
+    Sparse Transformer's choice (stride ~ sqrt(n)) that makes the pattern O(n sqrt(n))."""
+    if stride == "auto":
+        return max(1, round(nbk ** 0.5))
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"block_sparse stride {stride!r}: allowed: an int >= 1 or 'auto' (sqrt of the key blocks)")
+    return stride
+
+
 def block_sparse_layout(nbq: int, nbk: int, params) -> torch.Tensor:
     """Bool [nbq, nbk] layout from a preset (strided | fixed) or an explicit matrix."""
     lay = params["layout"]
@@ -89,7 +100,7 @@ def block_sparse_layout(nbq: int, nbk: int, params) -> torch.Tensor:
             raise ValueError(f"block_sparse layout has shape {tuple(t.shape)}, this case needs {(nbq, nbk)} "
                              f"(ceil(positions / block))")
         return t
-    s = int(params["stride"])
+    s = block_stride(params["stride"], nbk)
     qb = torch.arange(nbq)[:, None] + (nbk - nbq)  # query blocks in key-block space
     kb = torch.arange(nbk)[None, :]
     if lay == "strided":
@@ -125,8 +136,8 @@ BIGBIRD = register_pattern(Pattern(
 ))
 BLOCK_SPARSE = register_pattern(Pattern(
     name="block_sparse", family="sparse", make_mask=_block_sparse,
-    defaults={"block": 64, "layout": "strided", "stride": 4, "summary": 1},
-    doc="block layout matrix; presets: Sparse Transformer strided / fixed",
+    defaults={"block": 64, "layout": "strided", "stride": "auto", "summary": 1},
+    doc="block layout matrix; presets: Sparse Transformer strided / fixed (stride 'auto' = sqrt(n / block) blocks)",
     paper="Child et al. 2019, Sparse Transformers",
 ))
 
@@ -279,7 +290,7 @@ _BLOCKED_DOCS = {
                    "global key columns (masked where the band holds them); global query rows dense"),
     "bigbird": ("O(n b d (w + g + r))", "window/global/random key blocks gathered per query block; "
                 "global query blocks as dense rows"),
-    "block_sparse": ("O(nnz(layout) b^2 d)", "the layout's key blocks gathered per query block "
+    "block_sparse": ("O(nnz(layout) b^2 d)", "(presets with stride 'auto': O(n sqrt(n) d)); the layout's key blocks gathered per query block "
                      "(a band of blocks read in place); near-dense rows as dense SDPA rows"),
 }
 for _p in (LONGFORMER, BIGBIRD, BLOCK_SPARSE):

@@ -86,3 +86,89 @@ add(VariantSpec(
     doc="xformers.ops.memory_efficient_attention (xformers picks the fmha operator)",
     paper="Lefaudeux et al. 2022, xFormers",
 ))
+
+
+# ---------------------------------------------------------------------------------------------
+# Patterns xformers has a bias type for. Its fmha kernels skip the key blocks such a bias masks
+# out, so these run in O(n w d) on CUDA. Elsewhere xformers has no bias type for the pattern:
+# dilated windows, Longformer's / BigBird's global and random blocks, Swin's shifted windows
+# and arbitrary block layouts are not expressible, so no @xformers kernel is registered for
+# them (their @flex kernel is the fused option).
+# ---------------------------------------------------------------------------------------------
+def sliding_bias(fmha, n: int, m: int, causal: bool, window: int):
+    """xformers' bias for |i + M - N - j| <= window (causal: 0 <= i + M - N - j <= window).
+
+    ``LocalAttentionFromBottomRightMask`` allows q - left <= k + (N - M) <= q + right, our band
+    with left = right = window; the causal form keeps distances 0 .. window_size - 1.
+    """
+    if causal:
+        return fmha.attn_bias.LowerTriangularFromBottomRightLocalAttentionMask(window + 1)
+    return fmha.attn_bias.LocalAttentionFromBottomRightMask(window_left=window, window_right=window)
+
+
+def block_local_bias(fmha, batch: int, n: int, causal: bool, block: int):
+    """Block-diagonal bias over the batch folded into one sequence of B * N tokens:
+    blocks of ``block`` tokens (the last one of each sequence shorter), causal within a block."""
+    seqlens = [block] * (n // block) + ([n % block] if n % block else [])
+    cls = fmha.attn_bias.BlockDiagonalCausalMask if causal else fmha.attn_bias.BlockDiagonalMask
+    return cls.from_seqlens(seqlens * batch)
+
+
+def _run_xformers(q, k, v, bias, fold_batch: bool = False):
+    xops, _ = _import_xformers()
+    b, h, n, d = q.shape
+    qx, kx, vx = _to_xformers(q, k, v)
+    if fold_batch:  # block-diagonal biases index one long sequence
+        qx, kx, vx = (t.reshape(1, b * t.shape[1], *t.shape[2:]) for t in (qx, kx, vx))
+    try:
+        out = xops.memory_efficient_attention(qx, kx, vx, attn_bias=bias)
+    except NotImplementedError as e:
+        raise Unsupported(_reason(e)) from e
+    return AttnOutput(out=out.reshape(b, n, h, d).transpose(1, 2))
+
+
+def sliding_window_xformers(q, k, v, *, causal=False, state=None, need_weights=False, window=256):
+    """q [B, H, N, D], k/v [B, Hkv, M, D] -> [B, H, N, D]; O(N w D) on CUDA."""
+    _, fmha = _import_xformers()
+    return _run_xformers(q, k, v, sliding_bias(fmha, q.shape[2], k.shape[2], causal, int(window)))
+
+
+def block_local_xformers(q, k, v, *, causal=False, state=None, need_weights=False, block=64, prev=False):
+    """q [B, H, N, D], k/v [B, Hkv, N, D] -> [B, H, N, D]; O(N b D) on CUDA."""
+    if prev or q.shape[2] != k.shape[2]:
+        raise Unsupported(_block_local_limits(bool(prev), q.shape[2], k.shape[2])[0])
+    _, fmha = _import_xformers()
+    bias = block_local_bias(fmha, q.shape[0], q.shape[2], causal, int(block))
+    return _run_xformers(q, k, v, bias, fold_batch=True)
+
+
+def _block_local_limits(prev: bool, n: int, m: int) -> list[str]:
+    r = []
+    if prev:
+        r.append("block_local with prev=True has no xformers bias type (BlockDiagonalMask covers one block)")
+    if n != m:
+        r.append(f"block_local@xformers needs N == M (got {n} vs {m}): its block-diagonal bias pairs query and key blocks")
+    return r
+
+
+def _register_patterns() -> None:
+    from attnbench.patterns import get_pattern, pattern_flops
+
+    for pattern, fwd, extra in (
+        ("sliding_window", sliding_window_xformers, lambda s, p: []),
+        ("block_local", block_local_xformers,
+         lambda s, p: _block_local_limits(bool(p.get("prev")), s.seq_len, s.kv_len)),
+    ):
+        p = get_pattern(pattern)
+        defaults = dict(p.defaults)
+        add(VariantSpec(
+            name=f"{pattern}@xformers", forward=fwd, family=p.family, exact=True,
+            time="O(n w d)", memory="O(n d)", needs=("xformers",), reference=pattern,
+            defaults=defaults, paper=p.paper, memory_fn=_fused_bytes,
+            flops_fn=lambda shape, _n=pattern, _d=defaults: pattern_flops(_n, shape, _d),
+            extra_reasons=lambda s, _x=extra, _d=defaults: _x(s, _d) + _xformers_reasons(s),
+            doc=f"{p.doc}; xformers memory_efficient_attention with its local / block-diagonal bias",
+        ))
+
+
+_register_patterns()
