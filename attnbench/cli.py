@@ -1,4 +1,4 @@
-"""``python -m attnbench``: one CLI, one subcommand per job (list, run, check).
+"""``python -m attnbench``: one CLI, one subcommand per job (list, run, check, report, compare).
 
 Bad input prints one line naming the value and what is allowed, exits 2, and writes nothing.
 """
@@ -67,6 +67,11 @@ def build_parser() -> Parser:
     p.add_argument("--dtype", action="append", help="dtypes to check (default: float32 and float64 on CPU)")
     p.add_argument("--quick", action="store_true", help="a smaller grid of shapes")
     p.add_argument("--no-grad", action="store_true", help="outputs only")
+
+    from attnbench.report.build import add_arguments as report_arguments
+
+    p = sub.add_parser("report", help="tables (Markdown, LaTeX, CSV) and figures from stored results; never re-measures")
+    report_arguments(p)
     return ap
 
 
@@ -219,6 +224,12 @@ def cmd_check(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_report(args) -> int:
+    from attnbench.report.build import main as report_main
+
+    return report_main(args)  # prints bad input as one line and returns 2 itself
+
+
 def main(argv: list[str] | None = None) -> int:
     from attnbench.config import ConfigError
     from attnbench.registry import UnknownVariant, load_plugin
@@ -231,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                 load_plugin(p)
             except FileNotFoundError as e:
                 raise ConfigError(str(e)) from None
-        return {"list": cmd_list, "run": cmd_run, "check": cmd_check}[args.cmd](args)
+        return {"list": cmd_list, "run": cmd_run, "check": cmd_check, "report": cmd_report}[args.cmd](args)
     except (UsageError, ConfigError, UnknownVariant) as e:
         print(f"attnbench: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,407 @@
+"""Figures from stored result rows (matplotlib Agg through ``Figure`` objects, seaborn styling).
+
+One colour per family (seaborn ``tab10`` in the registry's family order), shaded and dashed
+per pattern inside a family, one marker per kernel, the same in every figure of a report.
+Cases that did not run are drawn, never dropped: a hollow marker per failure kind in a strip at
+the top edge of the axes at the n that failed, with a legend entry; variants that never ran
+(unsupported everywhere) are named in a note under the figure. Legends sit outside the axes on
+the right. A group with many variants is split into one panel per family.
+
+Output is deterministic: no pyplot state, fixed rcParams (``svg.hashsalt``), sorted iteration,
+PDF without a creation date.
+"""
+from __future__ import annotations
+
+import colorsys
+import math
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from attnbench.report.tables import FAMILY_ORDER, MIB, _finite, family_rank, row_order
+
+DPI = 150
+FACET_ABOVE = 8  # more variants than this in one group: one panel per family
+KERNEL_MARKERS = {
+    "sdpa": "o", "naive": "s", "flash": "^", "flex": "D", "math": "v", "blocked": "P", "dense": "h",
+    "sdpa_mask": "p", "xformers": "<", "efficient": ">", "cudnn": "8", "favor": "H", "lsh": "d",
+}
+SPARE_MARKERS = ["o", "s", "^", "D", "v", "P", "h", "p", "<", ">", "8", "H", "d", "*"]
+PATTERN_DASHES = ["-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 1))]
+# Failure kinds: hollow markers in the top strip.
+FAIL_STYLE = {
+    "oom": ("x", "OOM"), "timeout": ("+", "timeout"), "skipped": ("1", "skipped (not attempted)"),
+    "crash": ("*", "crash"), "error": ("*", "error"), "incorrect": ("d", "incorrect"),
+    "unsupported": ("_", "unsupported at this n"),
+}
+NO_BASE_STYLE = ("|", "baseline did not run")
+REF_STYLE = dict(color="0.55", lw=1.0, ls=(0, (4, 3)), zorder=1)
+
+
+def rc_params() -> dict:
+    import seaborn as sns
+
+    rc = dict(sns.axes_style("whitegrid"))
+    rc.update({
+        "svg.hashsalt": "attnbench-report", "pdf.fonttype": 42, "ps.fonttype": 42,
+        "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+        "xtick.labelsize": 8, "ytick.labelsize": 8, "figure.dpi": DPI, "savefig.dpi": DPI,
+        "path.simplify": False, "axes.grid.which": "major", "grid.color": "0.9",
+        "axes.edgecolor": "0.4", "lines.linewidth": 1.4, "lines.markersize": 5,
+    })
+    return rc
+
+
+# --------------------------------------------------------------------------------------------
+# style: colour per family (shade per pattern), marker per kernel
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Style:
+    family_color: dict[str, tuple]
+    pattern_shade: dict[str, tuple]  # pattern -> rgb
+    pattern_dash: dict[str, object]
+    kernel_marker: dict[str, str]
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame) -> "Style":
+        import seaborn as sns
+
+        tab10 = sns.color_palette("tab10", 10)
+        fams = sorted(set(df["family"].dropna().astype(str)), key=lambda f: (family_rank(f), f))
+        fam_color = {}
+        for f in fams:
+            i = FAMILY_ORDER.index(f) if f in FAMILY_ORDER else len(FAMILY_ORDER) + fams.index(f)
+            fam_color[f] = tuple(tab10[i % 10])
+        shade, dash = {}, {}
+        pf = df[["pattern", "family"]].dropna().drop_duplicates()
+        for f in fams:
+            pats = sorted(set(pf[pf["family"] == f]["pattern"].astype(str)))
+            h, l, s = colorsys.rgb_to_hls(*fam_color[f])
+            for j, p in enumerate(pats):
+                # lightness steps around the family colour: dark to light
+                k = len(pats)
+                lj = l if k == 1 else min(0.78, max(0.22, l - 0.16 + 0.32 * j / (k - 1)))
+                shade.setdefault(p, colorsys.hls_to_rgb(h, lj, s))
+                dash.setdefault(p, PATTERN_DASHES[j % len(PATTERN_DASHES)])
+        kernels = sorted(set(df["kernel"].dropna().astype(str)))
+        spare = [m for m in SPARE_MARKERS if m not in KERNEL_MARKERS.values()] + SPARE_MARKERS
+        markers, u = {}, 0
+        for k in kernels:
+            if k in KERNEL_MARKERS:
+                markers[k] = KERNEL_MARKERS[k]
+            else:
+                markers[k] = spare[u % len(spare)]
+                u += 1
+        return cls(fam_color, shade, dash, markers)
+
+    def line_kw(self, pattern: str, kernel: str, family: str) -> dict:
+        return dict(color=self.pattern_shade.get(pattern, self.family_color.get(family, (0.3, 0.3, 0.3))),
+                    marker=self.kernel_marker.get(kernel, "o"), ls=self.pattern_dash.get(pattern, "-"))
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def fmt_n_tick(n: int) -> str:
+    if n >= 1024 and n % 1024 == 0:
+        return f"{n // 1024}k"
+    return str(n)
+
+
+def _new_figure(panels: int, width: float = 9.0, panel_h: float = 3.3):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, panel_h * panels + 0.5), dpi=DPI, layout="constrained")
+    axes = fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
+    return fig, list(axes)
+
+
+def _set_n_axis(ax, ns: Sequence[int]) -> None:
+    from matplotlib.ticker import FixedLocator, FixedFormatter, NullLocator
+
+    ax.set_xscale("log")
+    ns = sorted(ns)
+    ax.xaxis.set_major_locator(FixedLocator(ns))
+    ax.xaxis.set_major_formatter(FixedFormatter([fmt_n_tick(n) for n in ns]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    lo, hi = ns[0], ns[-1]
+    pad = 1.25 if hi > lo else 2.0
+    ax.set_xlim(lo / pad, hi * pad)
+
+
+def _set_log_y(ax, ys: Sequence[float], headroom: bool) -> tuple[float, float]:
+    ys = [y for y in ys if y > 0 and math.isfinite(y)]
+    if not ys:
+        lo, hi = 1.0, 10.0
+    else:
+        lo, hi = min(ys), max(ys)
+    a, b = math.log10(lo), math.log10(hi)
+    span = max(b - a, 0.6)
+    bottom, top = a - 0.08 * span, b + (0.32 if headroom else 0.08) * span
+    ax.set_yscale("log")
+    ax.set_ylim(10 ** bottom, 10 ** top)
+    return 10 ** bottom, 10 ** top
+
+
+def _legend(ax) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                  frameon=False, handlelength=2.6)
+
+
+def save(fig, stem: Path) -> list[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    png, pdf = stem.with_suffix(".png"), stem.with_suffix(".pdf")
+    fig.savefig(png, dpi=DPI, bbox_inches="tight", pad_inches=0.1, metadata={"Software": None})
+    fig.savefig(pdf, bbox_inches="tight", pad_inches=0.1,
+                metadata={"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None})
+    return [png, pdf]
+
+
+# --------------------------------------------------------------------------------------------
+# line figures over n
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Metric:
+    key: str  # file prefix
+    title: str
+    ylabel: str
+    ref_slopes: bool = False
+    speedup: bool = False
+
+
+METRICS = {
+    "time": Metric("time", "Median time per call", "median time per call (ms)", ref_slopes=True),
+    "memory": Metric("memory", "Peak memory above the inputs", "peak memory above inputs (MiB)", ref_slopes=True),
+    "speedup": Metric("speedup", "Speed-up", "speed-up (×, log scale)", speedup=True),
+    "throughput": Metric("throughput", "Throughput", "throughput (tokens/s)"),
+}
+
+
+def metric_value(metric: str, r: dict, base: dict | None) -> float | None:
+    if r.get("status") != "ok":
+        return None
+    t = r.get("time_ms_median")
+    if metric == "time":
+        return float(t) if _finite(t) else None
+    if metric == "memory":
+        b = r.get("peak_mem_bytes")
+        return float(b) / MIB if _finite(b) and float(b) > 0 else None
+    if metric == "throughput":
+        q = r.get("q_len") if _finite(r.get("q_len")) else r.get("seq_len")
+        return float(r["batch"]) * float(q) * 1e3 / float(t) if _finite(t) and float(t) > 0 else None
+    if metric == "speedup":
+        if base is None or base.get("status") != "ok" or not _finite(base.get("time_ms_median")) or not _finite(t):
+            return None
+        return float(base["time_ms_median"]) / float(t)
+    raise ValueError(metric)
+
+
+def panels_for(g: pd.DataFrame, baseline: str) -> list[tuple[str, list[str]]]:
+    """[(panel title, labels)]: one panel, or one per family when there are many variants."""
+    labels = row_order(g, baseline)
+    if len(labels) <= FACET_ABOVE:
+        return [("", labels)]
+    fam = g.groupby("label")["family"].first()
+    fams = sorted(set(fam), key=lambda f: (family_rank(f), f))
+    return [(f"family: {f}", [lab for lab in labels if fam[lab] == f]) for f in fams]
+
+
+def line_figure(g: pd.DataFrame, metric: str, baseline: str, style: Style, title_desc: str):
+    """time / memory / speedup / throughput vs n for one group; returns a matplotlib Figure."""
+    m = METRICS[metric]
+    ns = sorted(int(n) for n in g["seq_len"].unique())
+    rec = {(r["label"], int(r["seq_len"])): r for r in g.to_dict("records")}
+    first = g.groupby("label", sort=True).first().to_dict("index")
+    panels = panels_for(g, baseline)
+    fig, axes = _new_figure(len(panels))
+    never, zero_mem = [], 0
+    for ax, (ptitle, labels) in zip(axes, panels):
+        show = list(labels)
+        if m.ref_slopes or metric == "throughput":
+            if baseline in first and baseline not in show:
+                show = [baseline] + show  # the bar every panel is read against
+        ys_all: list[float] = []
+        fails: dict[int, list[tuple[str, str]]] = {}
+        drawn = 0
+        if m.speedup:
+            ax.axhline(1.0, color="0.15", lw=1.0, zorder=2, label=f"{baseline} (= 1)")
+            ys_all.append(1.0)
+        for lab in show:
+            f = first[lab]
+            if m.speedup and lab == baseline:
+                continue
+            xs, ys = [], []
+            for n in ns:
+                r = rec.get((lab, n))
+                if r is None:
+                    continue
+                y = metric_value(metric, r, rec.get((baseline, n)))
+                if y is not None:
+                    xs.append(n)
+                    ys.append(y)
+                elif r["status"] != "ok" and lab in labels:
+                    fails.setdefault(n, []).append((lab, r["status"]))
+                elif r["status"] == "ok" and m.speedup and lab in labels:
+                    fails.setdefault(n, []).append((lab, "no_base"))
+                elif r["status"] == "ok" and metric == "memory" and _finite(r.get("peak_mem_bytes")):
+                    zero_mem += 1
+            statuses = set(g[g["label"] == lab]["status"])
+            kw = style.line_kw(str(f["pattern"]), str(f["kernel"]), str(f["family"]))
+            if not xs:
+                if lab in labels and statuses <= {"unsupported"}:
+                    never.append(lab)
+                    fails = {n: [x for x in v if x[0] != lab] for n, v in fails.items()}
+                elif lab in labels and any(x[0] == lab for v in fails.values() for x in v):
+                    ax.plot([], [], label=f"{lab} (no point drawn)", **kw)  # its colour for the strip
+                continue
+            is_ref_copy = lab == baseline and lab not in labels
+            if is_ref_copy:
+                kw.update(color="0.15", ls="-", lw=1.0, alpha=0.8)
+            name = f"{lab} (baseline)" if lab == baseline else lab
+            ax.plot(xs, ys, label=name, markersize=4.5 if not is_ref_copy else 3.5, zorder=3, **kw)
+            ys_all.extend(ys)
+            drawn += 1
+        lo, hi = _set_log_y(ax, ys_all, headroom=bool(fails))
+        _set_n_axis(ax, ns)
+        if m.ref_slopes and ys_all:
+            _reference_slopes(ax, g, labels, rec, metric, ns, hi)
+        _failure_strip(ax, fails, first, style)
+        ax.set_ylabel(m.ylabel)
+        if metric == "speedup":
+            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"{y:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        if ptitle:
+            ax.set_title(ptitle, loc="left", fontsize=9)
+        if not drawn and not fails:
+            ax.text(0.5, 0.5, "nothing ran in this panel", transform=ax.transAxes, ha="center", color="0.4")
+        _legend(ax)
+    axes[-1].set_xlabel("sequence length n (tokens" + (" in the KV cache)" if "decode" in title_desc else ")"))
+    extra = f"vs {baseline}" if m.speedup else ""
+    fig.suptitle(f"{m.title} {extra}".strip() + f"\n{title_desc}", fontsize=10)
+    notes = []
+    if never:
+        notes.append("Not run (unsupported at every n here): " + ", ".join(sorted(never)) + ".")
+    if zero_mem:
+        notes.append(f"{zero_mem} ok point(s) with 0 bytes above the inputs are not drawn (log axis).")
+    if metric == "throughput":
+        notes.append("Throughput = batch × query tokens / median time" +
+                     (" (one new token per step in decode)." if "decode" in title_desc else "."))
+    if notes:
+        fig.text(0.01, 0.0, "\n".join(textwrap.fill(n, 150) for n in notes), ha="left", va="top",
+                 fontsize=7, color="0.3")
+    return fig
+
+
+def _reference_slopes(ax, g, labels, rec, metric, ns, ytop) -> None:
+    """Dashed grey ∝ n and ∝ n² lines from the geometric mean of the panel's values at its smallest n."""
+    pts = [(n, metric_value(metric, rec[(lab, n)], None)) for lab in labels for n in ns if (lab, n) in rec]
+    pts = [(n, y) for n, y in pts if y is not None and y > 0]
+    if not pts:
+        return
+    n0 = min(n for n, _ in pts)
+    y0 = float(np.exp(np.mean([math.log(y) for n, y in pts if n == n0])))
+    n_max = max(ns)
+    if n_max <= n0:
+        return
+    for k, lab in ((1, "∝ n"), (2, "∝ n²")):
+        xs = np.geomspace(n0, n_max, 32)
+        ax.plot(xs, y0 * (xs / n0) ** k, **REF_STYLE, label="_nolegend_")
+        # label at the last point inside the axes
+        n_end = min(n_max, n0 * (ytop / y0 * 0.8) ** (1.0 / k))
+        ax.annotate(lab, (n_end, y0 * (n_end / n0) ** k), xytext=(3, -2), textcoords="offset points",
+                    fontsize=8, color="0.4", ha="left", va="top")
+    ax.plot([], [], **REF_STYLE, label="reference slopes ∝ n, ∝ n²")
+
+
+def _failure_strip(ax, fails: dict[int, list[tuple[str, str]]], first: dict, style: Style) -> None:
+    """Hollow markers at the top edge (axes y near 1) at each n where a variant did not run."""
+    from matplotlib.transforms import blended_transform_factory
+
+    if not any(fails.values()):
+        return
+    tr = blended_transform_factory(ax.transData, ax.transAxes)
+    kinds = set()
+    for n in sorted(fails):
+        items = sorted(fails[n])
+        for j, (lab, st) in enumerate(items):
+            f = first[lab]
+            color = style.line_kw(str(f["pattern"]), str(f["kernel"]), str(f["family"]))["color"]
+            mk = (NO_BASE_STYLE if st == "no_base" else FAIL_STYLE.get(st, ("x", st)))[0]
+            y = 0.95 - j * min(0.05, 0.2 / max(len(items), 1))
+            ax.plot([n], [y], transform=tr, marker=mk, markersize=7, mew=1.6, mfc="none", mec=color,
+                    ls="none", clip_on=False, zorder=5)
+            kinds.add(st)
+    for st in sorted(kinds, key=lambda s: list(FAIL_STYLE).index(s) if s in FAIL_STYLE else 99):
+        mk, text = NO_BASE_STYLE if st == "no_base" else FAIL_STYLE.get(st, ("x", st))
+        ax.plot([], [], marker=mk, markersize=7, mew=1.6, mfc="none", mec="0.2", ls="none",
+                label=f"{text} (top edge)")
+
+
+# --------------------------------------------------------------------------------------------
+# accuracy - speed - memory bubble chart (only when rows carry an `accuracy`)
+# --------------------------------------------------------------------------------------------
+def bubble_figure(g: pd.DataFrame, baseline: str, style: Style, title_desc: str):
+    acc = g[g["accuracy"].map(_finite)] if "accuracy" in g.columns else g.iloc[:0]
+    if acc.empty:
+        return None
+    ok = g[(g["status"] == "ok") & g["time_ms_median"].map(_finite)]
+    labs = sorted(set(acc["label"]))
+    common = None
+    for lab in labs:
+        s = set(ok[ok["label"] == lab]["seq_len"].astype(int))
+        common = s if common is None else common & s
+    fig, axes = _new_figure(1, width=8.0, panel_h=4.5)
+    ax = axes[0]
+    if common:
+        n_star = max(common)
+        xlabel = f"median time at n = {n_star} (ms, log)"
+    else:
+        n_star = None
+        xlabel = "median time at each variant's largest ok n (ms, log)"
+    first = g.groupby("label", sort=True).first().to_dict("index")
+    mems = []
+    pts = []
+    for lab in labs:
+        v = ok[ok["label"] == lab]
+        if v.empty:
+            continue
+        r = (v[v["seq_len"] == n_star] if n_star is not None else v[v["seq_len"] == v["seq_len"].max()]).iloc[0]
+        a = float(acc[acc["label"] == lab]["accuracy"].astype(float).mean())
+        mem = float(r["peak_mem_bytes"]) / MIB if _finite(r.get("peak_mem_bytes")) else 0.0
+        pts.append((lab, float(r["time_ms_median"]), a, mem))
+        mems.append(mem)
+    mmax = max(mems) if mems and max(mems) > 0 else 1.0
+
+    def area(mem: float) -> float:
+        return 60 + 1400 * (mem / mmax)
+
+    for lab, t, a, mem in pts:
+        f = first[lab]
+        kw = style.line_kw(str(f["pattern"]), str(f["kernel"]), str(f["family"]))
+        ax.scatter([t], [a], s=area(mem), color=kw["color"], alpha=0.35, edgecolors=kw["color"], linewidths=1.2,
+                   zorder=3)
+        ax.scatter([t], [a], s=22, marker=kw["marker"], color=kw["color"], zorder=4, label=f"{lab} ({mem:.0f} MiB)")
+        ax.annotate(lab, (t, a), xytext=(7, 7), textcoords="offset points", fontsize=7, color="0.2", zorder=5)
+    ax.margins(x=0.18, y=0.22)
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _pos: f"{x:g}" if str(f"{x:g}")[0] in "25" else ""))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy")
+    ax.set_title("bubble area ∝ peak memory above inputs", loc="left", fontsize=8, color="0.3")
+    fig.suptitle(f"Accuracy vs speed vs memory\n{title_desc}", fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False,
+              title="variant (peak memory)", title_fontsize=8)
+    return fig

@@ -1,0 +1,631 @@
+"""Paper-ready tables from stored result rows: Markdown, LaTeX (booktabs) and CSV.
+
+Every table is built once as a :class:`Table` (header, string cells, legend, and a tidy
+numeric frame for the CSV) and rendered three ways, so the three files always agree. A case
+that did not produce a number shows its status mark (``OOM``, ``T/O``, ``skip``, ...), never a
+zero or a blank; the Markdown file carries the legend of the marks it uses under the table.
+
+Nothing here measures anything: the input is the DataFrame :mod:`attnbench.report.build`
+loaded from ``results.jsonl`` files.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+# Short marks for rows that did not produce a number (results.STATUSES, "ok" aside).
+STATUS_MARK = {
+    "oom": "OOM", "timeout": "T/O", "crash": "crash", "error": "err",
+    "incorrect": "wrong", "unsupported": "n/a", "skipped": "skip",
+}
+STATUS_MEANING = {
+    "OOM": "out of memory",
+    "T/O": "timed out (exceeded the per-case wall-clock limit)",
+    "crash": "the worker process died (segfault, illegal memory access, killed)",
+    "err": "the kernel raised an error",
+    "wrong": "output did not match the reference (status incorrect)",
+    "n/a": "unsupported for this device, dtype or shape (reasons in results.jsonl)",
+    "skip": "not attempted: predicted over the memory budget, or larger than an n that already failed",
+}
+NOT_MEASURED = "—"  # no row for this (variant, n): outside that run's grid
+NO_BASE = "no base"  # the variant ran but the baseline did not at this n
+NOT_RECORDED = "n/r"  # an ok row without this quantity (e.g. memory pass off)
+EXTRA_MEANING = {
+    NOT_MEASURED: "not measured (this n was not in that variant's run grid)",
+    NO_BASE: "the variant ran, the baseline did not at this n",
+    NOT_RECORDED: "ran, but this quantity was not recorded",
+}
+# Groups of rows: one set of tables and figures per combination of these.
+GROUP_FIELDS = ("device_name", "device", "mode", "dtype", "causal", "batch", "heads", "head_dim")
+MODE_ORDER = ("fwd", "bwd", "fwd+bwd", "decode")
+FAMILY_ORDER = ("dense", "window", "sparse", "lsh", "linear", "kv_share", "memory", "test")
+# Failures that mean "the baseline could not do this n" (the variant wins there).
+BASE_FAILED = ("oom", "timeout", "skipped", "crash")
+VARIANT_FAILED = ("oom", "timeout", "skipped", "crash", "error", "incorrect")
+MIB = 2.0 ** 20
+
+
+# --------------------------------------------------------------------------------------------
+# number formatting
+# --------------------------------------------------------------------------------------------
+def _decimals(x: float, sig: int = 3) -> int:
+    if x == 0 or not math.isfinite(x):
+        return 0
+    return max(0, sig - 1 - int(math.floor(math.log10(abs(x)))))
+
+
+def fmt_num(x: float | None, sig: int = 3) -> str:
+    """3 significant digits without exponent (2699, 38.9, 0.0904); integers stay whole."""
+    if x is None or not math.isfinite(float(x)):
+        return NOT_RECORDED
+    x = float(x)
+    return f"{x:.{_decimals(x, sig)}f}"
+
+
+def fmt_with_spread(x: float, spread: float | None, sig: int = 3) -> str:
+    """``12.3 [0.4]``: the spread printed to the same decimals as the value."""
+    d = _decimals(float(x), sig)
+    s = f"{float(x):.{d}f}"
+    if spread is not None and math.isfinite(float(spread)):
+        # at least one significant digit of the spread, at most two decimals more than the value
+        ds = min(max(d, _decimals(float(spread), 1)), d + 2) if spread else d
+        s += f" [{float(spread):.{ds}f}]"
+    return s
+
+
+def fmt_ratio(r: float) -> str:
+    if not math.isfinite(r):
+        return NOT_RECORDED
+    return f"{r:.2f}×" if r < 10 else (f"{r:.1f}×" if r < 100 else f"{r:.0f}×")
+
+
+def fmt_sci(x: float | None) -> str:
+    if x is None or not math.isfinite(float(x)):
+        return NOT_RECORDED
+    return f"{float(x):.2e}"
+
+
+def fmt_n(n: float) -> str:
+    return f"{int(n)}"
+
+
+def _finite(x: Any) -> bool:
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# the table object and its three renderings
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Table:
+    name: str  # file stem, e.g. time_fwd_float32_cpu
+    title: str  # one line: what the numbers are
+    header: list[str]
+    rows: list[list[str]]
+    csv: pd.DataFrame  # tidy numeric frame written as the CSV
+    align: str = ""  # one char per column: l or r (default: first col l, rest r)
+    notes: list[str] = field(default_factory=list)  # lines under the table (method, units)
+
+    def marks_used(self) -> list[str]:
+        used = {c for r in self.rows for c in r}
+        marks = [m for m in STATUS_MEANING if m in used]
+        marks += [m for m in EXTRA_MEANING if m in used]
+        return marks
+
+    def legend_lines(self) -> list[str]:
+        return [f"`{m}` {STATUS_MEANING.get(m) or EXTRA_MEANING[m]}" for m in self.marks_used()]
+
+    def _align(self) -> str:
+        return self.align or ("l" + "r" * (len(self.header) - 1))
+
+
+def _md_cell(s: str) -> str:
+    return str(s).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(t: Table) -> str:
+    al = t._align()
+    lines = [f"**{t.title}**", ""]
+    lines.append("| " + " | ".join(_md_cell(h) for h in t.header) + " |")
+    lines.append("|" + "|".join(" --- " if a == "l" else " ---: " for a in al) + "|")
+    for r in t.rows:
+        lines.append("| " + " | ".join(_md_cell(c) for c in r) + " |")
+    lines.append("")
+    for n in t.notes:
+        lines.append(n)
+        lines.append("")
+    leg = t.legend_lines()
+    if leg:
+        lines.append("Legend: " + "; ".join(leg) + ".")
+        lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+_TEX_SUBS = [
+    ("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
+    ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}"),
+]
+_TEX_SYMBOLS = {"×": r"$\times$", "±": r"$\pm$", "≥": r"$\geq$", "≤": r"$\leq$", "≈": r"$\approx$",
+                "—": "---", "–": "--", "²": r"$^2$", "∝": r"$\propto$", "·": r"$\cdot$", "µ": r"$\mu$"}
+
+
+def tex_escape(s: str) -> str:
+    s = str(s)
+    out = []
+    for ch in s:
+        for a, b in _TEX_SUBS:
+            if ch == a:
+                out.append(b)
+                break
+        else:
+            out.append(_TEX_SYMBOLS.get(ch, ch))
+    return "".join(out)
+
+
+def to_latex(t: Table) -> str:
+    """A booktabs ``tabular`` only (``\\input``-ready); title and legend as % comments."""
+    lines = [f"% {t.title}"]
+    for n in t.notes:
+        lines.append(f"% {n}".replace("`", ""))
+    leg = t.legend_lines()
+    if leg:
+        lines.append("% Legend: " + "; ".join(leg).replace("`", ""))
+    lines.append("% needs \\usepackage{booktabs}")
+    lines.append(f"\\begin{{tabular}}{{{t._align()}}}")
+    lines.append("\\toprule")
+    lines.append(" & ".join(tex_escape(h) for h in t.header) + " \\\\")
+    lines.append("\\midrule")
+    for r in t.rows:
+        lines.append(" & ".join(tex_escape(c) for c in r) + " \\\\")
+    lines.append("\\bottomrule")
+    lines.append("\\end{tabular}")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(t: Table) -> str:
+    return t.csv.to_csv(index=False, float_format="%.6g", lineterminator="\n")
+
+
+def write_table(t: Table, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext, render in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):
+        p = out_dir / f"{t.name}.{ext}"
+        p.write_text(render(t), encoding="utf-8", newline="\n")
+        paths.append(p)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# helpers over one group's rows
+# --------------------------------------------------------------------------------------------
+def family_rank(family: str) -> int:
+    return FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
+
+
+def row_order(g: pd.DataFrame, baseline: str) -> list[str]:
+    """Labels in table order: the baseline first, then by family (registry order), then name."""
+    fam = g.groupby("label", sort=True)["family"].first()
+    return sorted(fam.index, key=lambda lab: (lab.split(" ")[0] != baseline, family_rank(fam[lab]), lab))
+
+
+def seq_lens(g: pd.DataFrame) -> list[int]:
+    return sorted(int(n) for n in g["seq_len"].unique())
+
+
+def cell_map(g: pd.DataFrame) -> dict[tuple[str, int], dict]:
+    return {(r["label"], int(r["seq_len"])): r for r in g.to_dict("records")}
+
+
+def mark(row: dict | None) -> str | None:
+    """The status mark of a row that has no number, or None for an ok row."""
+    if row is None:
+        return NOT_MEASURED
+    st = row.get("status")
+    if st == "ok":
+        return None
+    return STATUS_MARK.get(st, str(st))
+
+
+def group_columns(group: dict) -> dict:
+    return {k: group[k] for k in GROUP_FIELDS}
+
+
+def _csv_frame(records: list[dict], group: dict, columns: Sequence[str]) -> pd.DataFrame:
+    gc = group_columns(group)
+    df = pd.DataFrame([{**gc, **r} for r in records], columns=[*gc.keys(), *columns])
+    return df
+
+
+def _kv_column(g: pd.DataFrame) -> bool:
+    return g["kv_heads"].nunique(dropna=True) > 1
+
+
+def _front(label: str, g_first: dict, with_kv: bool) -> list[str]:
+    front = [label, str(g_first["family"])]
+    if with_kv:
+        front.append(str(int(g_first["kv_heads"])))
+    return front
+
+
+def _front_header(with_kv: bool) -> list[str]:
+    return ["variant", "family", *(["K/V heads"] if with_kv else [])]
+
+
+def _grid_table(g: pd.DataFrame, group: dict, baseline: str, *, name: str, title: str,
+                value: Callable[[dict, dict | None], tuple[str, dict]], csv_cols: Sequence[str],
+                notes: Sequence[str] = ()) -> Table:
+    """variants x n; ``value(row, base_row) -> (cell, csv fields)`` for ok rows."""
+    ns = seq_lens(g)
+    cells = cell_map(g)
+    with_kv = _kv_column(g)
+    firsts = g.groupby("label", sort=True).first().to_dict("index")
+    rows, records = [], []
+    for lab in row_order(g, baseline):
+        out = _front(lab, firsts[lab], with_kv)
+        for n in ns:
+            r = cells.get((lab, n))
+            m = mark(r)
+            rec = {"variant": lab, "family": firsts[lab]["family"], "kernel": firsts[lab]["kernel"],
+                   "kv_heads": firsts[lab]["kv_heads"], "seq_len": n,
+                   "status": r["status"] if r is not None else "not_measured", "mark": m or ""}
+            if m is None:
+                c, extra = value(r, cells.get((baseline, n)))
+                rec.update(extra)
+                out.append(c)
+                rec["mark"] = c if c in EXTRA_MEANING else ""
+            else:
+                out.append(m)
+            records.append(rec)
+        rows.append(out)
+    header = [*_front_header(with_kv), *[f"n={n}" for n in ns]]
+    csv = _csv_frame(records, group, ["variant", "family", "kernel", "kv_heads", "seq_len", "status", "mark",
+                                      *csv_cols])
+    return Table(name=name, title=title, header=header, rows=rows, csv=csv,
+                 align="l" * (len(header) - len(ns)) + "r" * len(ns), notes=list(notes))
+
+
+# --------------------------------------------------------------------------------------------
+# (1)-(4): grids of variants x n
+# --------------------------------------------------------------------------------------------
+def time_table(g, group, baseline, slug, desc) -> Table:
+    def value(r, _b):
+        med, iqr = r.get("time_ms_median"), r.get("time_ms_iqr")
+        if not _finite(med):
+            return NOT_RECORDED, {}
+        return fmt_with_spread(med, iqr if _finite(iqr) else None), {
+            "time_ms_median": med, "time_ms_iqr": iqr if _finite(iqr) else None,
+            "time_ms_min": r.get("time_ms_min"), "repeats": r.get("repeats"), "run": r.get("run")}
+
+    return _grid_table(g, group, baseline, name=f"time_{slug}", value=value,
+                       title=f"Median time per call (ms), interquartile range of the timed repeats in brackets — {desc}",
+                       csv_cols=["time_ms_median", "time_ms_iqr", "time_ms_min", "repeats", "run"],
+                       notes=_reasons_notes(g))
+
+
+def speedup_table(g, group, baseline, slug, desc) -> Table:
+    def value(r, b):
+        if b is None or b.get("status") != "ok" or not _finite(b.get("time_ms_median")):
+            return NO_BASE, {}
+        s = float(b["time_ms_median"]) / float(r["time_ms_median"])
+        return fmt_ratio(s), {"speedup": s, "baseline_time_ms": b["time_ms_median"]}
+
+    return _grid_table(g, group, baseline, name=f"speedup_{slug}", value=value,
+                       title=f"Speed-up vs {baseline} (baseline median time / variant median time; >1 is faster) — {desc}",
+                       csv_cols=["speedup", "baseline_time_ms"])
+
+
+def memory_table(g, group, baseline, slug, desc) -> Table:
+    def value(r, _b):
+        b = r.get("peak_mem_bytes")
+        if not _finite(b):
+            return NOT_RECORDED, {}
+        return fmt_num(float(b) / MIB), {"peak_mem_mib": float(b) / MIB, "peak_mem_bytes": b,
+                                         "io_bytes": r.get("io_bytes")}
+
+    return _grid_table(g, group, baseline, name=f"memory_{slug}", value=value,
+                       title=f"Peak memory above the inputs (MiB; q, k, v and output not counted) — {desc}",
+                       csv_cols=["peak_mem_mib", "peak_mem_bytes", "io_bytes"])
+
+
+def gflops_table(g, group, baseline, slug, desc) -> Table:
+    peaks = sorted({round(float(p), 1) for p in g.get("gemm_peak_gflops", pd.Series(dtype=float)).dropna()})
+    peak_txt = (f"{fmt_num(peaks[0])} GFLOP/s" if len(peaks) == 1 else
+                f"{fmt_num(peaks[0])}–{fmt_num(peaks[-1])} GFLOP/s (each run its own)") if peaks else "not recorded"
+
+    def value(r, _b):
+        gf, frac = r.get("gflops_per_s"), r.get("peak_fraction")
+        if not _finite(gf):
+            return NOT_RECORDED, {}
+        c = fmt_num(gf) + (f" ({100 * float(frac):.0f}%)" if _finite(frac) else "")
+        return c, {"gflops_per_s": gf, "peak_fraction": frac if _finite(frac) else None}
+
+    return _grid_table(g, group, baseline, name=f"gflops_{slug}", value=value,
+                       title=f"Achieved GFLOP/s (fraction of the measured GEMM peak in parentheses) — {desc}",
+                       csv_cols=["gflops_per_s", "peak_fraction"],
+                       notes=[f"FLOPs count the work the variant is meant to do (its own flops(shape)); "
+                              f"GEMM peak measured by the run: {peak_txt}."])
+
+
+def _reasons_notes(g: pd.DataFrame) -> list[str]:
+    """First reason per (variant, status) for rows that did not run."""
+    seen: dict[tuple[str, str], str] = {}
+    for r in g.sort_values(["label", "seq_len"]).to_dict("records"):
+        if r.get("status") == "ok":
+            continue
+        reasons = r.get("reasons")
+        if isinstance(reasons, (list, tuple)) and reasons:
+            key = (r["label"], STATUS_MARK.get(r["status"], r["status"]))
+            if key not in seen:
+                text = " ".join(str(reasons[0]).split())
+                seen[key] = text[:157] + "..." if len(text) > 160 else text
+    if not seen:
+        return []
+    items = [f"{v} `{m}`: {why}" for (v, m), why in sorted(seen.items())]
+    return ["Why cases did not run (first reason per variant and mark): " + "; ".join(items) + "."]
+
+
+# --------------------------------------------------------------------------------------------
+# (5) scaling exponents
+# --------------------------------------------------------------------------------------------
+def fit_loglog(n: Sequence[float], y: Sequence[float]) -> tuple[float, float, int]:
+    """Least-squares slope of log y on log n, its standard error (nan with 2 points), points."""
+    n = np.asarray(n, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ok = np.isfinite(n) & np.isfinite(y) & (y > 0) & (n > 0)
+    x, ly = np.log(n[ok]), np.log(y[ok])
+    k = int(ok.sum())
+    if k < 2 or len(set(x.tolist())) < 2:
+        return float("nan"), float("nan"), k
+    xm = x.mean()
+    sxx = float(((x - xm) ** 2).sum())
+    slope = float(((x - xm) * (ly - ly.mean())).sum() / sxx)
+    if k < 3:
+        return slope, float("nan"), k
+    resid = ly - (ly.mean() + slope * (x - xm))
+    se = math.sqrt(float((resid ** 2).sum()) / (k - 2) / sxx)
+    return slope, se, k
+
+
+def fit_points(v: pd.DataFrame, col: str, min_n: int) -> tuple[pd.DataFrame, str]:
+    """ok rows with a positive value; n >= min_n when two distinct such n exist, else all."""
+    ok = v[(v["status"] == "ok") & v[col].map(_finite)]
+    ok = ok[ok[col].astype(float) > 0]
+    big = ok[ok["seq_len"] >= min_n]
+    if big["seq_len"].nunique() >= 2:
+        return big, f"n ≥ {min_n}"
+    return ok, "all ok n"
+
+
+def _fmt_slope(s: float, se: float) -> str:
+    if not math.isfinite(s):
+        return "too few points"
+    return f"{s:.2f}" + (f" ± {se:.2f}" if math.isfinite(se) else "")
+
+
+def scaling_rows(g: pd.DataFrame, baseline: str, min_n: int, declared: dict[str, dict]) -> list[dict]:
+    out = []
+    for lab in row_order(g, baseline):
+        v = g[g["label"] == lab]
+        rec: dict[str, Any] = {"variant": lab, "family": v["family"].iloc[0]}
+        for col, key in (("time_ms_median", "time"), ("peak_mem_bytes", "mem")):
+            pts, rule = fit_points(v, col, min_n)
+            s, se, k = fit_loglog(pts["seq_len"], pts[col].astype(float)) if len(pts) else (float("nan"), float("nan"), 0)
+            rec.update({f"{key}_exponent": s, f"{key}_exponent_se": se, f"{key}_points": k,
+                        f"{key}_n_min": int(pts["seq_len"].min()) if k else None,
+                        f"{key}_n_max": int(pts["seq_len"].max()) if k else None, f"{key}_fit": rule})
+        d = declared.get(lab.split(" ")[0], {})
+        rec["declared_time"] = d.get("time", "")
+        rec["declared_memory"] = d.get("memory", "")
+        out.append(rec)
+    return out
+
+
+def scaling_table(g, group, baseline, slug, desc, *, min_n: int, declared: dict[str, dict]) -> Table:
+    recs = scaling_rows(g, baseline, min_n, declared)
+    rows = []
+    for r in recs:
+        def rng(key):
+            return (f"{r[f'{key}_n_min']}–{r[f'{key}_n_max']} ({r[f'{key}_points']})" if r[f"{key}_points"]
+                    else "no ok points")
+
+        rows.append([r["variant"], str(r["family"]), _fmt_slope(r["time_exponent"], r["time_exponent_se"]),
+                     rng("time"), _fmt_slope(r["mem_exponent"], r["mem_exponent_se"]), rng("mem"),
+                     r["declared_time"] or NOT_MEASURED, r["declared_memory"] or NOT_MEASURED])
+    header = ["variant", "family", "time exponent", "fit n (points)", "memory exponent", "fit n (points)",
+              "declared time", "declared memory"]
+    cols = ["variant", "family", "time_exponent", "time_exponent_se", "time_points", "time_n_min", "time_n_max",
+            "time_fit", "mem_exponent", "mem_exponent_se", "mem_points", "mem_n_min", "mem_n_max", "mem_fit",
+            "declared_time", "declared_memory"]
+    notes = [f"Exponent k of time ∝ n^k (median times) and of peak memory above the inputs ∝ n^k, by least "
+             f"squares on log–log over the ok points with n ≥ {min_n} (all ok points when fewer than two such n "
+             f"exist). ± is the standard error of the fitted slope (from the fit residuals; none with two "
+             f"points). Memory points of 0 bytes are left out of the fit. Declared: the registry's complexity."]
+    return Table(name=f"scaling_{slug}", title=f"Fitted log–log scaling exponents — {desc}", header=header,
+                 rows=rows, csv=_csv_frame(recs, group, cols), align="llrlrlll", notes=notes)
+
+
+# --------------------------------------------------------------------------------------------
+# (6) crossover vs the baseline
+# --------------------------------------------------------------------------------------------
+def crossover(points: list[tuple[int, str, float | None]]) -> dict[str, Any]:
+    """Where a variant becomes faster than the baseline and stays faster.
+
+    ``points``: ascending (n, outcome, ratio) with outcome "win" or "loss" and ratio = baseline
+    time / variant time where both ran (None where one side failed). Returns verdict
+    ("crossover" | "always" | "never in range" | "no common n"), the interpolated n (log–log
+    between the last slower and first faster measured n) and the first measured faster n.
+    """
+    if not points:
+        return {"verdict": "no common n", "crossover_n": None, "first_faster_n": None}
+    wins = [o == "win" for _, o, _ in points]
+    if all(wins):
+        return {"verdict": "always", "crossover_n": None, "first_faster_n": points[0][0]}
+    if not wins[-1]:
+        return {"verdict": "never in range", "crossover_n": None, "first_faster_n": None}
+    i = len(points) - 1
+    while i > 0 and wins[i - 1]:
+        i -= 1
+    (n0, _, r0), (n1, _, r1) = points[i - 1], points[i]
+    if r0 is not None and r1 is not None and r0 > 0 and r1 > 0 and r1 != r0:
+        x0, x1, y0, y1 = math.log(n0), math.log(n1), math.log(r0), math.log(r1)
+        nx = math.exp(x0 + (0.0 - y0) * (x1 - x0) / (y1 - y0))
+        how = "interpolated"
+    else:
+        nx, how = float(n1), "measured (no ratio on one side)"
+    return {"verdict": "crossover", "crossover_n": nx, "first_faster_n": n1, "how": how}
+
+
+def crossover_points(v: pd.DataFrame, b: pd.DataFrame) -> list[tuple[int, str, float | None]]:
+    vb = {int(r["seq_len"]): r for r in v.to_dict("records")}
+    bb = {int(r["seq_len"]): r for r in b.to_dict("records")}
+    pts = []
+    for n in sorted(set(vb) & set(bb)):
+        rv, rb = vb[n], bb[n]
+        vok = rv["status"] == "ok" and _finite(rv.get("time_ms_median"))
+        bok = rb["status"] == "ok" and _finite(rb.get("time_ms_median"))
+        if vok and bok:
+            r = float(rb["time_ms_median"]) / float(rv["time_ms_median"])
+            pts.append((n, "win" if r > 1 else "loss", r))
+        elif vok and rb["status"] in BASE_FAILED:
+            pts.append((n, "win", None))
+        elif bok and rv["status"] in VARIANT_FAILED:
+            pts.append((n, "loss", None))
+    return pts
+
+
+def crossover_table(g, group, baseline, slug, desc) -> Table:
+    b = g[g["label"] == baseline]
+    rows, recs = [], []
+    for lab in row_order(g, baseline):
+        if lab == baseline:
+            continue
+        v = g[g["label"] == lab]
+        pts = crossover_points(v, b)
+        c = crossover(pts)
+        last = pts[-1] if pts else None
+        ratio_last = last[2] if last else None
+        if c["verdict"] == "crossover":
+            cell = f"≈ {c['crossover_n']:.0f}" if c.get("how") == "interpolated" else f"{c['crossover_n']:.0f}"
+            detail = f"faster from measured n = {c['first_faster_n']} on"
+        elif c["verdict"] == "always":
+            cell = "always"
+            detail = f"faster at every common n ({pts[0][0]}–{pts[-1][0]})"
+        elif c["verdict"] == "never in range":
+            cell = "never in range"
+            detail = f"not faster at the largest common n = {pts[-1][0]}"
+        else:
+            cell = "no common n"
+            detail = "no n where both ran (or failed comparably)"
+        last_txt = (fmt_ratio(ratio_last) if ratio_last is not None else
+                    ("baseline failed" if last and last[1] == "win" else "variant failed")) if last else NOT_MEASURED
+        rows.append([lab, str(v["family"].iloc[0]), cell, detail,
+                     f"{last_txt} at n={last[0]}" if last else NOT_MEASURED])
+        recs.append({"variant": lab, "family": v["family"].iloc[0], "verdict": c["verdict"],
+                     "crossover_n": c["crossover_n"], "first_faster_n": c["first_faster_n"],
+                     "method": c.get("how", ""), "n_common_min": pts[0][0] if pts else None,
+                     "n_common_max": pts[-1][0] if pts else None, "speedup_at_n_max": ratio_last})
+    notes = [f"Crossover: the smallest n from which the variant is faster than {baseline} at every larger "
+             f"measured n, interpolated on log–log between the last slower and the first faster measured n "
+             f"(≈). A baseline that failed (OOM, timeout, skip) where the variant ran counts as the variant "
+             f"being faster; a variant that failed where the baseline ran counts as slower. “always”: faster at "
+             f"every common n; “never in range”: not faster at the largest common n."]
+    cols = ["variant", "family", "verdict", "crossover_n", "first_faster_n", "method", "n_common_min",
+            "n_common_max", "speedup_at_n_max"]
+    return Table(name=f"crossover_{slug}", title=f"Crossover n vs {baseline} (time) — {desc}",
+                 header=["variant", "family", "crossover n", "detail", "speed-up at largest common n"],
+                 rows=rows, csv=_csv_frame(recs, group, cols), align="llrll", notes=notes)
+
+
+# --------------------------------------------------------------------------------------------
+# accuracy and attention statistics (only when the rows carry them)
+# --------------------------------------------------------------------------------------------
+def has_column(g: pd.DataFrame, col: str) -> bool:
+    return col in g.columns and g[col].map(_finite).any()
+
+
+def accuracy_table(g, group, baseline, slug, desc) -> Table | None:
+    if not (has_column(g, "rel_err") or has_column(g, "rel_err_sharp")):
+        return None
+    rows, recs = [], []
+    for lab in row_order(g, baseline):
+        v = g[g["label"] == lab]
+        rec = {"variant": lab, "family": v["family"].iloc[0], "exact": bool(v["exact"].iloc[0])}
+        cells = [lab, str(rec["family"]), "yes" if rec["exact"] else "approx"]
+        for col in ("rel_err", "rel_err_sharp"):
+            vals = v[col].map(lambda x: float(x) if _finite(x) else np.nan).dropna() if col in v else pd.Series(dtype=float)
+            val = float(vals.median()) if len(vals) else None
+            rec[col] = val
+            cells.append(fmt_sci(val) if val is not None else (NOT_MEASURED if rec["exact"] else NOT_RECORDED))
+        if all(rec[c] is None for c in ("rel_err", "rel_err_sharp")) and rec["exact"]:
+            continue  # exact kernels without an error figure add nothing here
+        rows.append(cells)
+        recs.append(rec)
+    if not rows:
+        return None
+    notes = ["rel_err = ‖out − exact‖_F / ‖exact‖_F against exact softmax attention on gaussian inputs; "
+             "rel_err (sharp) on inputs with peaked attention (attnbench.approx, n = 1024); median over the "
+             "variant's rows."]
+    return Table(name=f"accuracy_{slug}", title=f"Approximation error vs exact softmax attention — {desc}",
+                 header=["variant", "family", "exact", "rel_err (gaussian)", "rel_err (sharp)"], rows=rows,
+                 csv=_csv_frame(recs, group, ["variant", "family", "exact", "rel_err", "rel_err_sharp"]),
+                 align="lllrr", notes=notes)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix or "value": d}
+    out: dict[str, Any] = {}
+    for k in sorted(d, key=str):
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(d[k], dict):
+            out.update(_flatten(d[k], key))
+        else:
+            out[key] = d[k]
+    return out
+
+
+def stats_table(g, group, baseline, slug, desc) -> Table | None:
+    if "stats" not in g.columns:
+        return None
+    recs = []
+    for r in g.sort_values(["label", "seq_len"]).to_dict("records"):
+        s = r.get("stats")
+        if isinstance(s, str):
+            try:
+                s = json.loads(s)
+            except ValueError:
+                pass
+        if s is None or (isinstance(s, float) and not math.isfinite(s)):
+            continue
+        recs.append({"variant": r["label"], "seq_len": int(r["seq_len"]), **_flatten(s)})
+    if not recs:
+        return None
+    keys = sorted({k for r in recs for k in r} - {"variant", "seq_len"})
+    order = {lab: i for i, lab in enumerate(row_order(g, baseline))}
+    recs.sort(key=lambda r: (order.get(r["variant"], 1 << 30), r["variant"], r["seq_len"]))
+
+    def fmt(x):
+        if x is None:
+            return NOT_RECORDED
+        if isinstance(x, bool):
+            return "yes" if x else "no"
+        if isinstance(x, (int, float, np.number)):
+            return fmt_num(float(x)) if (x == 0 or 1e-3 <= abs(float(x)) < 1e6) else fmt_sci(float(x))
+        return json.dumps(x, sort_keys=True, default=str)
+
+    rows = [[r["variant"], str(r["seq_len"]), *[fmt(r.get(k)) for k in keys]] for r in recs]
+    csv_recs = [{k: (json.dumps(v, sort_keys=True, default=str) if isinstance(v, (list, dict)) else v)
+                 for k, v in r.items()} for r in recs]
+    return Table(name=f"stats_{slug}", title=f"Attention statistics — {desc}", header=["variant", "n", *keys],
+                 rows=rows, csv=_csv_frame(csv_recs, group, ["variant", "seq_len", *keys]),
+                 align="lr" + "r" * len(keys))
