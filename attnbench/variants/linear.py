@@ -1,0 +1,593 @@
+"""Linear attention: Performer's FAVOR+ and Katharopoulos' elu+1 (and relu) feature maps.
+
+All three compute, for a non-negative feature map phi and A_ij = phi(q_i) . phi(k_j),
+
+    out_i = sum_j A_ij v_j / sum_j A_ij          (j over the keys query i may see)
+
+without ever forming A: the keys are summed into a state S = sum_j phi(k_j) v_j^T [r, D] and
+z = sum_j phi(k_j) [r], and out_i = phi(q_i) S / phi(q_i) z. Time O(n r D), memory O(n r).
+One function (:func:`linear_attention`) does this for every feature map; the variants differ
+only in phi:
+
+* ``performer@favor`` (Choromanski et al. 2021, "Rethinking Attention with Performers"):
+  positive orthogonal random features for the softmax kernel,
+  phi(x) = exp(W x - |x|^2 / 2) / sqrt(r), x = q * D^-1/4, W [r, D] with orthogonal rows
+  (QR of Gaussian D x D blocks) rescaled by chi_D-distributed norms, so that
+  E[phi(q) . phi(k)] = exp(q . k / sqrt(D)) and ``out`` estimates softmax attention.
+* ``linear@elu`` (Katharopoulos et al. 2020, "Transformers are RNNs"): phi(x) = elu(x) + 1.
+* ``linear@relu``: phi(x) = relu(x); a query whose features are all 0 (or that meets only
+  such keys) has a zero normalizer, so this one's definition is out = A V / (A 1 + eps)
+  (``eps`` = 1e-6 by default, the constant of fast-transformers' linear attention).
+
+Layouts: q [B, H, N, D]; k, v [B, Hkv, M, D] with H a multiple of Hkv. The key side (features,
+state) is computed once per K/V head and shared by its H/Hkv query heads by folding them into
+the query rows — nothing is copied per head. fp16/bf16 inputs are computed in fp32 (the
+exponentials of FAVOR+ do not survive 16-bit) and the output is cast back.
+
+Causal (bottom-right aligned, query i sees keys j <= i + M - N, as everywhere in the suite) is
+computed in chunks of ``chunk`` queries: inside a chunk the masked [c x c] block
+phi(Q_c) phi(K_c)^T is used directly; across chunks only the running state (S, z) is carried.
+Memory is O(n r + (n / c) r D) with autograd (each chunk's incoming state is saved), O(n r)
+without; the O(n r D) prefix-sum tensor of the textbook formulation is never built.
+
+Decode: ``decode_state(k, v, **params)`` sums the cached keys into a :class:`LinearState`;
+``forward(q, k_new, v_new, state=st)`` absorbs the new keys and answers the queries in O(r D)
+per token whatever the cache length, and returns the updated state in ``AttnOutput.state``.
+Every forward returns the state of all the keys it saw (a prefill followed by decode steps).
+
+FAVOR+ stabilization (the "max trick"), and why the result is an exact function of the
+definition: a factor shared by the numerator and the denominator of out_i cancels exactly.
+
+* Query side: each row is divided by its own exp(max_l w_l . x_i) (performer-pytorch's
+  per-row max); the row's exp(-|x_i|^2 / 2) and the global 1 / sqrt(r) are such factors too and
+  are not computed at all.
+* Key side: performer-pytorch divides all keys by one global max over keys and features. In
+  causal mode that constant depends on future keys (a future key can move it, and change the
+  rounding or underflow of the past), and a decode state built earlier would be on a different
+  scale. Here each key carries its own log-scale c_j = max_l log phi_l(k_j) (its features are
+  stored as exp(log phi(k_j) - c_j) <= 1) and the state is kept on a running log-scale m — the
+  largest c_j absorbed so far — like the running max of online softmax: when a block of keys
+  comes in, m grows to m' and (S, z) are multiplied by exp(m - m') <= 1. Query i combines the
+  state and the keys of its own chunk on the scale M_i = max(c_j : j visible to i), which only
+  depends on keys it may see: every term is <= 1 (no overflow for any input), no future key
+  changes a single bit of an earlier output, and the full-sequence, chunked and decode paths
+  share one definition. The non-causal path is the same absorb-all-then-read.
+  Stabilizers are detached: the output does not depend on them, so their gradient is zero.
+
+The dense definitions (``reference_fn``) materialize A [N, M] with the plain per-row and global
+max trick; the tests check every kernel path against them, outputs and gradients.
+
+Against performer-pytorch (``scripts/bench_performer.py``): with the same W and its eps set to
+0 the two agree to 1e-15 in fp64. Its default adds eps = 1e-4 to every feature after the global
+key max; where the key features are far below that max (q, k ~ N(0, 1) at D = 64, the suite's
+'gaussian' rel_err inputs) the eps outweighs them and its output drifts to uniform weights —
+its error then equals the uniform baseline's, while the exact estimator's is larger: its
+variance grows like exp(|x_q + x_k|^2) / r, so FAVOR+ is only a good estimate for small
+q, k norms (the test uses q, k ~ 0.5 N(0, 1) at D = 32, where the error falls as r grows).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from functools import lru_cache
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from attnbench import reference
+from attnbench.registry import AttnOutput, Shape, VariantSpec, add
+
+DEFAULT_FEATURES = 256
+DEFAULT_CHUNK = 64  # 32..64 fastest on a 2-core AVX-512 CPU at r = 256, D = 64
+RELU_EPS = 1e-6
+
+
+class LinearState(NamedTuple):
+    """The running summary of the keys seen so far (per batch and K/V head).
+
+    kv:        [B, Hkv, r, D + 1]: [S | z] = sum_j phi(k_j) [v_j^T, 1], scaled by exp(-log_scale)
+               (one matmul then yields numerator and normalizer together).
+    log_scale: [B, Hkv] log-scale of ``kv`` (FAVOR+: the largest key log-feature absorbed so far,
+               see the module docstring), or None for feature maps that need none (elu, relu).
+    count:     how many keys have been absorbed.
+    """
+
+    kv: torch.Tensor
+    log_scale: torch.Tensor | None
+    count: int
+
+    @property
+    def S(self) -> torch.Tensor:
+        """sum_j phi(k_j) v_j^T [B, Hkv, r, D] (times exp(-log_scale))."""
+        return self.kv[..., :-1]
+
+    @property
+    def z(self) -> torch.Tensor:
+        """sum_j phi(k_j) [B, Hkv, r] (times exp(-log_scale))."""
+        return self.kv[..., -1]
+
+
+# ------------------------------------------------------------------------------ parameters
+def _check_int(name: str, value, lo: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"{name}={value!r}: must be an integer >= {lo} ({what})")
+    return value
+
+
+def _check_chunk(chunk) -> int:
+    return _check_int("chunk", chunk, 1, "queries per causal block, e.g. 32..256")
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return torch.float32  # exp of FAVOR+ logits and long sums do not survive 16 bits
+    if t.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype {t.dtype}: linear attention supports float16/bfloat16/float32/float64")
+    return t.dtype
+
+
+def _check_shapes(q, k, v) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be 4-D [B, H, N, D] / [B, Hkv, M, D]; got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"heads={q.shape[1]} is not a multiple of kv_heads={k.shape[1]}")
+
+
+# ------------------------------------------------------------------------------ random features
+def _seed_for(seed: int, d: int, r: int, orthogonal: bool) -> int:
+    """A generator seed from (seed, D, r, orthogonal): the same call draws the same features in
+    any process; changing ``seed`` draws new ones (the way to "redraw")."""
+    key = f"favor+|seed={seed}|d={d}|r={r}|orth={int(orthogonal)}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & (2**63 - 1)
+
+
+def favor_projection(d: int, nb_features: int = DEFAULT_FEATURES, seed: int = 0,
+                     orthogonal: bool = True) -> torch.Tensor:
+    """The random feature matrix W [r, D] (float64, CPU), reproducible from (seed, D, r).
+
+    orthogonal=True (the paper's ORF, performer-pytorch's ``scaling=0``): ceil(r / D) blocks,
+    each the Q of a Gaussian D x D matrix (sign-fixed by diag(R), so Q is Haar-distributed),
+    stacked and cut to r rows; then each row is rescaled by the norm of an independent
+    Gaussian D-vector (chi_D), so rows have the marginal law of iid Gaussian rows while rows
+    within a block stay exactly orthogonal. orthogonal=False: iid N(0, 1) entries.
+    """
+    d = _check_int("head_dim", d, 1, "the head dimension D")
+    r = _check_int("nb_features", nb_features, 1, "the number of random features r, e.g. 256")
+    seed = _check_int("seed", seed, 0, "seeds the random features; change it to draw new ones")
+    if not isinstance(orthogonal, bool):
+        raise ValueError(f"orthogonal={orthogonal!r}: must be True (orthogonal blocks) or False (iid rows)")
+    return _draw(d, r, seed, orthogonal)
+
+
+@lru_cache(maxsize=32)
+def _draw(d: int, r: int, seed: int, orthogonal: bool) -> torch.Tensor:
+    with torch.inference_mode(False), torch.no_grad():  # cached: a normal tensor (see _scaled)
+        return _draw_now(d, r, seed, orthogonal)
+
+
+def _draw_now(d: int, r: int, seed: int, orthogonal: bool) -> torch.Tensor:
+    g = torch.Generator().manual_seed(_seed_for(seed, d, r, bool(orthogonal)))
+    if not orthogonal:
+        return torch.randn(r, d, generator=g, dtype=torch.float64)
+    blocks = []
+    for _ in range(-(-r // d)):
+        qm, rm = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+        qm = qm * torch.sign(torch.diagonal(rm)).where(torch.diagonal(rm) != 0, 1.0)
+        blocks.append(qm.T)  # rows orthonormal
+    w = torch.cat(blocks)[:r]
+    norms = torch.randn(r, d, generator=g, dtype=torch.float64).norm(dim=1)
+    return w * norms[:, None]
+
+
+def _raw_projection(d: int, nb_features, seed, orthogonal, features) -> torch.Tensor:
+    """W [r, D] float64: drawn from (seed, D, r), or the given ``features``."""
+    if features is not None:
+        if not torch.is_tensor(features) or features.dim() != 2 or features.shape[1] != d:
+            got = tuple(features.shape) if torch.is_tensor(features) else type(features).__name__
+            raise ValueError(f"features: must be a tensor [r, D={d}] of projection rows w_l; got {got}")
+        return features.detach().to(device="cpu", dtype=torch.float64)
+    return favor_projection(d, nb_features, seed, orthogonal)
+
+
+def _projection(d: int, dtype, device, nb_features, seed, orthogonal, features) -> torch.Tensor:
+    """W * D^-1/4 [r, D] at the compute dtype (the D^-1/4 of x = q D^-1/4 folded in once)."""
+    if features is None:
+        favor_projection(d, nb_features, seed, orthogonal)  # validates
+        return _scaled(d, nb_features, seed, orthogonal, dtype, str(device))
+    w = _raw_projection(d, nb_features, seed, orthogonal, features)
+    return (w * d ** -0.25).to(device=device, dtype=dtype)
+
+
+@lru_cache(maxsize=32)
+def _scaled(d, r, seed, orthogonal, dtype, device) -> torch.Tensor:
+    # Cached per device and dtype: no host-to-device copy per call. Made outside inference
+    # mode: a first call under torch.inference_mode must not leave an inference tensor that a
+    # later autograd call cannot save for backward.
+    with torch.inference_mode(False), torch.no_grad():
+        return (_draw(d, r, seed, orthogonal) * d ** -0.25).to(device=device, dtype=dtype)
+
+
+def favor_query_features(q: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
+    """q [..., N, D] -> exp(w_l . x - max_l w_l . x) [..., N, r], each row's max feature = 1.
+
+    The row's max, its exp(-|x|^2/2) and 1/sqrt(r) multiply numerator and normalizer of that
+    query alike, so they are left out (exactly). One GEMM, then in place (half the memory).
+    """
+    logits = torch.matmul(q, ws.T)
+    with torch.no_grad():
+        mx = logits.amax(-1, keepdim=True)
+    return logits.sub_(mx).exp_()
+
+
+def favor_key_features(k: torch.Tensor, ws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """k [..., M, D] -> (exp(log phi(k_j) - c_j) [..., M, r], c_j [..., M]).
+
+    log phi_l(k) = w_l . x - |x|^2 / 2 (up to the global -log sqrt(r)); c_j = max_l of it, the
+    key's own log-scale, kept apart so that keys combine on a common running scale.
+    """
+    d = k.shape[-1]
+    # One GEMM gives w_l . x - |x|^2 / 2: [k, |k|^2] @ [ws, -1 / (2 sqrt(D))]^T (no extra pass).
+    k_aug = torch.cat([k, (k * k).sum(-1, keepdim=True)], dim=-1)
+    w_aug = torch.cat([ws, ws.new_full((ws.shape[0], 1), -0.5 / math.sqrt(d))], dim=-1)
+    logits = torch.matmul(k_aug, w_aug.T)
+    with torch.no_grad():
+        c = logits.amax(-1)
+    return logits.sub_(c.unsqueeze(-1)).exp_(), c
+
+
+# ------------------------------------------------------------------------------ the shared kernel
+def _empty_state(b, hkv, r, d, dtype, device, scaled: bool) -> LinearState:
+    m = torch.full((b, hkv), torch.finfo(dtype).min, dtype=dtype, device=device) if scaled else None
+    return LinearState(torch.zeros(b, hkv, r, d + 1, dtype=dtype, device=device), m, 0)
+
+
+def _absorb(kv, m, fk, c, vaug):
+    """Add keys fk [B, Hkv, L, r] (log-scales c [B, Hkv, L] or None), vaug [B, Hkv, L, D+1]
+    to the state kv [B, Hkv, r, D+1] on log-scale m: O(L r D)."""
+    if fk.shape[2] == 0:
+        return kv, m
+    if c is None:
+        return kv + torch.matmul(fk.transpose(-1, -2), vaug), None
+    m_new = torch.maximum(m, c.amax(-1))
+    w = torch.exp(c - m_new.unsqueeze(-1))  # <= 1: each key brought to the new scale
+    kv = kv * torch.exp(m - m_new)[..., None, None] + torch.matmul(fk.transpose(-1, -2), vaug * w.unsqueeze(-1))
+    return kv, m_new
+
+
+def linear_attention(fq: torch.Tensor, fk: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                     key_scale: torch.Tensor | None = None, state: LinearState | None = None,
+                     chunk: int = DEFAULT_CHUNK, eps: float = 0.0) -> tuple[torch.Tensor, LinearState]:
+    """out_i = sum_j A_ij v_j / (sum_j A_ij + eps), A_ij = fq_i . fk_j exp(key_scale_j), j visible.
+
+    fq [B, H, N, r] >= 0 query features; fk [B, Hkv, L, r] >= 0 key features; v [B, Hkv, L, D];
+    key_scale [B, Hkv, L]: per-key log-scale of fk (FAVOR+), or None (A_ij = fq_i . fk_j).
+    state: keys seen before (all visible to every query); causal then needs N <= L + 1.
+    A query that sees no key (causal, N > M) outputs 0. Returns (out [B, H, N, D], the state
+    after all L keys). Time O((N + L) r D + N c (r + D)); memory O((N + L) r + c^2).
+    """
+    b, h, n, r = fq.shape
+    hkv, l, d = v.shape[1], v.shape[2], v.shape[3]
+    g = h // hkv
+    dt, dev = fq.dtype, fq.device
+    if state is None:
+        state = _empty_state(b, hkv, r, d, dt, dev, key_scale is not None)
+    elif (state.log_scale is None) != (key_scale is None) or tuple(state.kv.shape) != (b, hkv, r, d + 1):
+        raise ValueError(f"state {tuple(state.kv.shape)} (scaled={state.log_scale is not None}) does not "
+                         f"belong to this call: need kv [{b}, {hkv}, {r}, {d + 1}]")
+    if causal and state.count > 0 and n > l + 1:
+        raise ValueError(f"causal with a state of {state.count} keys: N={n} queries would see only part "
+                         f"of the state (N must be <= new keys + 1 = {l + 1})")
+    kv, m = state.kv.to(dt), None if state.log_scale is None else state.log_scale.to(dt)
+    # [v | 1]: one matmul gives numerator and normalizer.
+    vaug = torch.cat([v, v.new_ones(b, hkv, l, 1)], dim=-1)
+    fqg = fq.reshape(b, hkv, g, n, r)  # query heads of one K/V head side by side; a view
+    if not causal:
+        kv, m = _absorb(kv, m, fk, key_scale, vaug)
+        out = _normalize(torch.matmul(fqg.reshape(b, hkv, g * n, r), kv), d, eps)
+    else:
+        out, kv, m = _causal_chunks(fqg, fk, key_scale, vaug, kv, m, chunk, eps)
+    return out.reshape(b, h, n, d), LinearState(kv, m, state.count + l)
+
+
+def _normalize(o: torch.Tensor, d: int, eps: float) -> torch.Tensor:
+    """[num | den] [..., D+1] -> num / (den + eps)."""
+    num, den = o[..., :d], o[..., d:]
+    if eps > 0:
+        return num / (den + eps)
+    # only a row that sees no key has den == 0 (num is 0 too): output 0, with a finite gradient
+    return num / torch.where(den > 0, den, torch.ones_like(den))
+
+
+def _causal_chunks(fqg, fk, c, vaug, kv, m, chunk, eps):
+    """The causal loop. fqg [B, Hkv, G, N, r]; keys in local positions 0..L-1 (after the state).
+
+    Query i sees local keys j <= i + L - N. For the chunk of queries [i0, i1) every key
+    j < i0 + off is visible to all of them (it is in the state); the keys [i0 + off, i1 + off)
+    form the chunk's own [c x c] block under a lower-triangular mask.
+    """
+    b, hkv, g, n, r = fqg.shape
+    l, d1 = vaug.shape[2], vaug.shape[3]
+    off = l - n
+    dev = fqg.device
+    # Without autograd each chunk's normalized output goes straight into its place (no list,
+    # no concatenation: one [N, D] buffer); with autograd the chunks are concatenated.
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (fqg, fk, vaug, kv))
+    out = None if grad else fqg.new_empty(b, hkv, g, n, d1 - 1)
+    outs, absorbed = [], 0
+    for i0 in range(0, n, chunk):
+        i1 = min(i0 + chunk, n)
+        cq = i1 - i0
+        lo, hi = min(max(i0 + off, 0), l), min(max(i1 + off, 0), l)
+        if lo > absorbed:  # keys every query of this chunk sees: into the state
+            kv, m = _absorb(kv, m, fk[:, :, absorbed:lo], None if c is None else c[..., absorbed:lo],
+                            vaug[:, :, absorbed:lo])
+            absorbed = lo
+        qc = fqg[:, :, :, i0:i1].reshape(b, hkv, g * cq, r)
+        o = torch.matmul(qc, kv)  # [B, Hkv, G*c, D+1]
+        if hi > lo:
+            rows = torch.arange(i0, i1, device=dev)
+            cols = torch.arange(lo, hi, device=dev)
+            vis = cols[None, :] <= rows[:, None] + off  # [c, Lb]
+            p = torch.matmul(qc, fk[:, :, lo:hi].transpose(-1, -2)).view(b, hkv, g, cq, hi - lo)
+            if c is None:
+                p = p.masked_fill(~vis, 0.0)  # not a product: inf * 0 would be nan
+            else:
+                # Query i's scale M_i: the largest log-scale among the keys it sees (state: m).
+                cb = c[..., lo:hi]
+                run = torch.cummax(cb, dim=-1).values
+                last = rows + off - lo  # index of i's last visible key in the block; -1: none
+                mi = torch.maximum(m.unsqueeze(-1), run[..., last.clamp(min=0)])
+                mi = torch.where(last >= 0, mi, m.unsqueeze(-1))  # [B, Hkv, c]
+                e = (cb.unsqueeze(-2) - mi.unsqueeze(-1)).masked_fill(~vis, float("-inf")).exp()
+                p = p * e.unsqueeze(2)  # exp(c_j - M_i) <= 1 on visible keys, 0 elsewhere
+                o = o.view(b, hkv, g, cq, d1) * torch.exp(m.unsqueeze(-1) - mi)[:, :, None, :, None]
+            # o + P [V | 1] in one fused call (the add is part of the GEMM)
+            o = torch.baddbmm(o.reshape(b * hkv, g * cq, d1), p.reshape(b * hkv, g * cq, hi - lo),
+                              vaug[:, :, lo:hi].reshape(b * hkv, hi - lo, d1))
+        o = _normalize(o.view(b, hkv, g, cq, d1), d1 - 1, eps)
+        if out is None:
+            outs.append(o)
+        else:
+            out[:, :, :, i0:i1] = o
+    kv, m = _absorb(kv, m, fk[:, :, absorbed:], None if c is None else c[..., absorbed:], vaug[:, :, absorbed:])
+    return (torch.cat(outs, dim=3) if out is None else out), kv, m
+
+
+# ------------------------------------------------------------------------------ variants
+def _run(q, k, v, fq, fk, c, *, causal, state, chunk, eps=0.0) -> AttnOutput:
+    out, st = linear_attention(fq, fk, v.to(fq.dtype), causal=causal, key_scale=c, state=state,
+                               chunk=chunk, eps=eps)
+    return AttnOutput(out=out.to(q.dtype), state=st)
+
+
+def performer_favor(q, k, v, *, causal=False, state=None, need_weights=False,
+                    nb_features=DEFAULT_FEATURES, seed=0, orthogonal=True, chunk=DEFAULT_CHUNK,
+                    features=None) -> AttnOutput:
+    """FAVOR+ (positive orthogonal random features), q [B, H, N, D], k, v [B, Hkv, M, D].
+
+    nb_features r: random features; seed: draws them (reproducible; another seed = a redraw);
+    orthogonal: ORF blocks (True) or iid Gaussian rows; chunk: causal block size;
+    features: an explicit W [r, D] (e.g. performer-pytorch's ``projection_matrix``) instead of
+    drawing one. need_weights: not available (A is never formed); ``weights`` is None.
+    Returns out [B, H, N, D] and the state of all keys seen (for decode).
+    Time O((N H + M Hkv) r D); memory O(N H r + M Hkv r).
+    """
+    _check_shapes(q, k, v)
+    chunk = _check_chunk(chunk)
+    dt = _compute_dtype(q)
+    ws = _projection(q.shape[-1], dt, q.device, nb_features, seed, orthogonal, features)
+    fq = favor_query_features(q.to(dt), ws)
+    fk, c = favor_key_features(k.to(dt), ws)
+    return _run(q, k, v, fq, fk, c, causal=causal, state=state, chunk=chunk)
+
+
+def _elu_features(x: torch.Tensor) -> torch.Tensor:
+    return F.elu(x) + 1.0
+
+
+def linear_elu(q, k, v, *, causal=False, state=None, need_weights=False, chunk=DEFAULT_CHUNK) -> AttnOutput:
+    """Katharopoulos et al.'s linear attention, phi(x) = elu(x) + 1 (> 0, so no epsilon).
+
+    q [B, H, N, D], k, v [B, Hkv, M, D] -> out [B, H, N, D]. Time O(N D^2), memory O(N D).
+    """
+    _check_shapes(q, k, v)
+    chunk = _check_chunk(chunk)
+    dt = _compute_dtype(q)
+    return _run(q, k, v, _elu_features(q.to(dt)), _elu_features(k.to(dt)), None,
+                causal=causal, state=state, chunk=chunk)
+
+
+def _check_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0 <= eps < math.inf):
+        raise ValueError(f"eps={eps!r}: must be a finite number >= 0 (added to the normalizer, e.g. 1e-6)")
+    return float(eps)
+
+
+def linear_relu(q, k, v, *, causal=False, state=None, need_weights=False, chunk=DEFAULT_CHUNK,
+                eps=RELU_EPS) -> AttnOutput:
+    """Linear attention with phi(x) = relu(x); out = A V / (A 1 + eps) (a query or keys with no
+    positive coordinate give A 1 = 0). Shapes and complexity as :func:`linear_elu`."""
+    _check_shapes(q, k, v)
+    chunk, eps = _check_chunk(chunk), _check_eps(eps)
+    dt = _compute_dtype(q)
+    return _run(q, k, v, F.relu(q.to(dt)), F.relu(k.to(dt)), None,
+                causal=causal, state=state, chunk=chunk, eps=eps)
+
+
+class FavorAttention(torch.nn.Module):
+    """FAVOR+ with its random features held as a buffer (moves with ``.to(device)``, saved in
+    the state dict), for models: ``redraw()`` draws new features from the next seed, as
+    Performer training does every so many steps. ``forward`` is :func:`performer_favor`."""
+
+    def __init__(self, head_dim: int, nb_features: int = DEFAULT_FEATURES, seed: int = 0,
+                 orthogonal: bool = True, chunk: int = DEFAULT_CHUNK):
+        super().__init__()
+        self.seed, self.orthogonal, self.chunk = seed, orthogonal, _check_chunk(chunk)
+        self.register_buffer("projection", favor_projection(head_dim, nb_features, seed, orthogonal).float())
+
+    def redraw(self, seed: int | None = None) -> None:
+        """New features: from ``seed``, or from the next seed after the current one."""
+        self.seed = self.seed + 1 if seed is None else seed
+        w = favor_projection(self.projection.shape[1], self.projection.shape[0], self.seed, self.orthogonal)
+        self.projection.copy_(w)
+
+    def forward(self, q, k, v, *, causal: bool = False, state: LinearState | None = None) -> AttnOutput:
+        return performer_favor(q, k, v, causal=causal, state=state, chunk=self.chunk, features=self.projection)
+
+
+# ------------------------------------------------------------------------------ decode states
+def _state_from(k, v, fk, c, dt) -> LinearState:
+    b, hkv, m, d = k.shape
+    st = _empty_state(b, hkv, fk.shape[-1], d, dt, k.device, c is not None)
+    vaug = torch.cat([v.to(dt), v.new_ones(b, hkv, m, 1, dtype=dt)], dim=-1)
+    kv, ls = _absorb(st.kv, st.log_scale, fk, c, vaug)
+    return LinearState(kv, ls, m)
+
+
+def favor_decode_state(k, v, *, nb_features=DEFAULT_FEATURES, seed=0, orthogonal=True,
+                       chunk=DEFAULT_CHUNK, features=None, **_) -> LinearState:
+    """The :class:`LinearState` of cached keys k, v [B, Hkv, M, D] (M may be 0): O(M r D)."""
+    _check_chunk(chunk)
+    dt = _compute_dtype(k)
+    ws = _projection(k.shape[-1], dt, k.device, nb_features, seed, orthogonal, features)
+    fk, c = favor_key_features(k.to(dt), ws)
+    return _state_from(k, v, fk, c, dt)
+
+
+def elu_decode_state(k, v, *, chunk=DEFAULT_CHUNK, **_) -> LinearState:
+    dt = _compute_dtype(k)
+    return _state_from(k, v, _elu_features(k.to(dt)), None, dt)
+
+
+def relu_decode_state(k, v, *, chunk=DEFAULT_CHUNK, eps=RELU_EPS, **_) -> LinearState:
+    _check_eps(eps)
+    dt = _compute_dtype(k)
+    return _state_from(k, v, F.relu(k.to(dt)), None, dt)
+
+
+# ------------------------------------------------------------------------------ dense definitions
+def _dense(phq, phk, v, *, causal, n, rows, eps=0.0) -> torch.Tensor:
+    """A = phq phk^T [B, H, R, M] (causal-masked), out = A V / (A 1 + eps); 0 where A 1 = 0."""
+    b, h, nr, r = phq.shape
+    hkv, m = phk.shape[1], phk.shape[2]
+    g = h // hkv
+    a = torch.matmul(phq.reshape(b, hkv, g, nr, r), phk.unsqueeze(2).transpose(-1, -2))  # [B, Hkv, G, R, M]
+    if causal:
+        a = a * reference.causal_mask(n, m, phq.device, rows)
+    num = torch.matmul(a, v.unsqueeze(2)).reshape(b, h, nr, -1)
+    den = a.sum(-1, keepdim=True).reshape(b, h, nr, 1)
+    if eps > 0:
+        return num / (den + eps)
+    return num / torch.where(den > 0, den, torch.ones_like(den))
+
+
+def _rows(q, rows):
+    return q if rows is None else q[:, :, rows]
+
+
+def favor_reference(q, k, v, *, causal=False, rows=None, nb_features=DEFAULT_FEATURES, seed=0,
+                    orthogonal=True, features=None, **_) -> torch.Tensor:
+    """FAVOR+ by its definition, densely: phi(x) = exp(W x - |x|^2/2) / sqrt(r), x = q D^-1/4,
+    A = phi(Q) phi(K)^T [N, M], out = A V / A 1 -> [B, H, R, D] for ``rows`` (default: all).
+
+    Max trick as in performer-pytorch's ``softmax_kernel``: a per-query max and one global max
+    over all keys and features (constants that cancel in the ratio), at the inputs' dtype.
+    """
+    d, n = q.shape[-1], q.shape[2]
+    w = _raw_projection(d, nb_features, seed, orthogonal, features).to(device=q.device, dtype=q.dtype)
+    r = w.shape[0]
+    xq, xk = _rows(q, rows) * d ** -0.25, k * d ** -0.25
+    lq = xq @ w.T - (xq * xq).sum(-1, keepdim=True) / 2
+    lk = xk @ w.T - (xk * xk).sum(-1, keepdim=True) / 2
+    phq = torch.exp(lq - lq.amax(-1, keepdim=True).detach()) / math.sqrt(r)
+    phk = torch.exp(lk - lk.amax((-1, -2), keepdim=True).detach()) / math.sqrt(r)
+    return _dense(phq, phk, v, causal=causal, n=n, rows=rows)
+
+
+def elu_reference(q, k, v, *, causal=False, rows=None, **_) -> torch.Tensor:
+    """phi = elu + 1, A = phi(Q) phi(K)^T, out = A V / A 1 -> [B, H, R, D]."""
+    return _dense(_elu_features(_rows(q, rows)), _elu_features(k), v, causal=causal, n=q.shape[2], rows=rows)
+
+
+def relu_reference(q, k, v, *, causal=False, rows=None, eps=RELU_EPS, **_) -> torch.Tensor:
+    """phi = relu, A = phi(Q) phi(K)^T, out = A V / (A 1 + eps) -> [B, H, R, D]."""
+    return _dense(F.relu(_rows(q, rows)), F.relu(k), v, causal=causal, n=q.shape[2], rows=rows,
+                  eps=_check_eps(eps))
+
+
+# ------------------------------------------------------------------------------ cost model
+def _costs(shape: Shape, r: int, chunk: int, projection: bool) -> tuple[float, float]:
+    """(FLOPs, extra bytes) of one forward call at ``shape`` with r features.
+
+    Decode (a running state): one new key absorbed, ``seq_len`` queries read the state.
+    """
+    b, h, hkv, d = shape.batch, shape.heads, shape.kv_heads, shape.head_dim
+    n, m = shape.seq_len, shape.kv_len
+    if shape.mode == "decode":
+        m = 1
+    causal = shape.causal and shape.mode != "decode"
+    c = min(chunk, n)
+    fl = 0.0
+    if projection:  # x W^T for q and k (+ |k|^2), exp counted as 1 FLOP per feature
+        fl += h * n * (2 * r * d + r) + hkv * m * (2 * r * d + 2 * d + r)
+    fl += hkv * m * 2 * r * (d + 1)  # [S | z] += phi(K)^T [V | 1]
+    fl += h * n * (2 * r * (d + 1) + d)  # phi(Q) [S | z], then the division
+    if causal:  # the masked [c x c] block per chunk: phi(Q_c) phi(K_c)^T and its product with [V | 1]
+        fl += h * n * c * (2 * r + 2 * (d + 1) + 2)
+    e = 4 if shape.dtype in ("float16", "bfloat16") else shape.element_size
+    # features of q and k, [V | 1] and its scaled copy (or [k, |k|^2]), [num | den] and the
+    # output, the feature map's transient, the state before and after
+    elems = (h * n * r + hkv * m * r + 2 * hkv * m * (d + 1) + 2 * h * n * (d + 1) + h * n * d
+             + 2 * hkv * r * (d + 1))
+    if causal:
+        elems += h * c * (c + r) + 2 * hkv * c * c
+        if shape.needs_grad:  # autograd keeps each chunk's incoming state
+            elems += -(-n // c) * hkv * r * (d + 1)
+    return b * fl, float(b * elems * e)
+
+
+def _favor_flops(shape):
+    return _costs(shape, DEFAULT_FEATURES, DEFAULT_CHUNK, True)[0]
+
+
+def _favor_mem(shape):
+    return _costs(shape, DEFAULT_FEATURES, DEFAULT_CHUNK, True)[1]
+
+
+def _phi_flops(shape):
+    return _costs(shape, shape.head_dim, DEFAULT_CHUNK, False)[0]
+
+
+def _phi_mem(shape):
+    return _costs(shape, shape.head_dim, DEFAULT_CHUNK, False)[1]
+
+
+_COMMON = dict(family="linear", exact=False, causal=True, cross=True, kv_heads=True)
+
+PERFORMER = add(VariantSpec(
+    name="performer@favor", forward=performer_favor, time="O(n r d)", memory="O(n r)",
+    defaults=dict(nb_features=DEFAULT_FEATURES, seed=0, orthogonal=True, chunk=DEFAULT_CHUNK),
+    flops_fn=_favor_flops, memory_fn=_favor_mem, reference_fn=favor_reference,
+    decode_state=favor_decode_state, default=True,
+    doc="FAVOR+: positive orthogonal random features (r = nb_features) estimating softmax attention; "
+        "causal by chunked prefix sums, O(1)-per-token decode from a running state",
+    paper="Choromanski et al. 2021, Rethinking Attention with Performers", **_COMMON,
+))
+LINEAR_ELU = add(VariantSpec(
+    name="linear@elu", forward=linear_elu, time="O(n d^2)", memory="O(n d)",
+    defaults=dict(chunk=DEFAULT_CHUNK), flops_fn=_phi_flops, memory_fn=_phi_mem,
+    reference_fn=elu_reference, decode_state=elu_decode_state, default=True,
+    doc="linear attention with phi(x) = elu(x) + 1; causal by chunked prefix sums, O(1)-per-token decode",
+    paper="Katharopoulos et al. 2020, Transformers are RNNs", **_COMMON,
+))
+LINEAR_RELU = add(VariantSpec(
+    name="linear@relu", forward=linear_relu, time="O(n d^2)", memory="O(n d)",
+    defaults=dict(chunk=DEFAULT_CHUNK, eps=RELU_EPS), flops_fn=_phi_flops, memory_fn=_phi_mem,
+    reference_fn=relu_reference, decode_state=relu_decode_state,
+    doc="linear attention with phi(x) = relu(x), out = A V / (A 1 + eps)",
+    paper="Katharopoulos et al. 2020 (relu feature map); Qin et al. 2022, cosFormer (relu kernel)", **_COMMON,
+))
