@@ -8,7 +8,7 @@ CONSTRAINTS ?= constraints-cpu.txt
 STAMP := $(VENV)/.attnbench-installed
 ARGS ?=
 
-.PHONY: install run test test-fast test-slow clean
+.PHONY: install run test test-fast test-slow bench clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,13 @@ run: $(STAMP)
 test: test-fast test-slow
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not cuda"
+	$(BIN)/python -m pytest -q -m "not slow and not cuda and not bench"
+	$(BIN)/python -m pytest -q tests/bench --benchmark-disable
+
+# pytest-benchmark timings of every variant (docs/regression.md), e.g.
+# make bench ARGS="--bench-size big --benchmark-autosave"
+bench: $(STAMP)
+	$(BIN)/python -m pytest tests/bench $(ARGS)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow and not cuda"

@@ -72,6 +72,11 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("report", help="tables (Markdown, LaTeX, CSV) and figures from stored results; never re-measures")
     report_arguments(p)
+
+    from attnbench.compare import add_arguments as compare_arguments
+
+    p = sub.add_parser("compare", help="regression verdicts between two runs: slower beyond a threshold, or broken")
+    compare_arguments(p)
     return ap
 
 
@@ -193,7 +198,7 @@ def cmd_check(args) -> int:
     shapes = standard_shapes(device, tuple(args.dtype) if args.dtype else None, args.quick)
     console = make_console()
     t = Table(title=f"attnbench check on {device}: outputs{'' if args.no_grad else ' and gradients'} vs the fp64 dense "
-                    "reference (approximate variants: vs their own dense definition; rel_err vs exact softmax at n=1024)")
+                    "reference (approximate variants: vs their own dense definition; rel_err vs exact attention (softmax, or the variant's target) at n=1024)")
     for c in ("variant", "ok", "incorrect", "error", "unsupported", "worst err / allowed", "rel_err gauss / sharp",
               "first problem"):
         t.add_column(c)
@@ -230,6 +235,12 @@ def cmd_report(args) -> int:
     return report_main(args)  # prints bad input as one line and returns 2 itself
 
 
+def cmd_compare(args) -> int:
+    from attnbench.compare import main as compare_main
+
+    return compare_main(args)  # 0 same, 1 regressed or broken; bad input: one line on stderr, 2
+
+
 def main(argv: list[str] | None = None) -> int:
     from attnbench.config import ConfigError
     from attnbench.registry import UnknownVariant, load_plugin
@@ -242,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                 load_plugin(p)
             except FileNotFoundError as e:
                 raise ConfigError(str(e)) from None
-        return {"list": cmd_list, "run": cmd_run, "check": cmd_check, "report": cmd_report}[args.cmd](args)
+        return {"list": cmd_list, "run": cmd_run, "check": cmd_check, "report": cmd_report,
+                "compare": cmd_compare}[args.cmd](args)
     except (UsageError, ConfigError, UnknownVariant) as e:
         print(f"attnbench: error: {e}", file=sys.stderr)
         return 2

@@ -22,6 +22,8 @@ def attnbench(*args: str, cwd: Path, timeout: float = 180) -> subprocess.Complet
 
 # (argv after "attnbench", substrings the error line must contain); "OUT" becomes a tmp path
 BAD_INPUT = {
+    "compare-threshold": (["compare", "OUT", "OUT", "--threshold", "5x"], ["--threshold '5x'", "5%"]),
+    "report-missing": (["report", "no/such/dir"], ["no/such/dir"]),
     "seq-lens-abc": (["run", "--seq-lens", "abc", "--out", "OUT"], ["--seq-lens", "'abc'"]),
     "seq-lens-zero": (["run", "--seq-lens", "0", "--out", "OUT"], ["--seq-lens", "'0'", "positive"]),
     "seq-lens-reversed": (["run", "--seq-lens", "64..32", "--out", "OUT"], ["'64..32'"]),

@@ -559,3 +559,16 @@ def test_decode_with_running_state_reads_one_token(clean_registry):
     row = run_case(_case("fakeapprox@k", mode="decode", n=100))
     assert row["status"] == "ok", row
     assert calls == {"decode_kv_len": 1, "state_len": 99}
+
+
+def test_compact_samples_keeps_the_distribution():
+    from attnbench.harness.timing import compact_samples
+
+    few = [3.0, 1.0, 2.0]
+    assert compact_samples(few) == few  # all kept, time order
+    rng = np.random.default_rng(0)
+    many = rng.lognormal(0, 0.1, 2000).tolist()
+    kept = compact_samples(many, keep=256)
+    assert len(kept) == 256 and kept[0] == min(many) and kept[-1] == max(many)
+    for q in (25, 50, 75):
+        assert abs(np.percentile(kept, q) - np.percentile(many, q)) < 0.01

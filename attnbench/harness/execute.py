@@ -177,7 +177,8 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         stats = timing.measure(call, device=shape.device, warm_ms=warm_ms, **t)
         res.update(
             time_ms_median=stats.median_ms, time_ms_iqr=stats.iqr_ms, time_ms_min=stats.min_ms,
-            repeats=stats.repeats, samples_ms=[round(s, 6) for s in stats.samples_ms],
+            repeats=stats.repeats,
+            samples_ms=[round(s, 6) for s in timing.compact_samples(stats.samples_ms)],
         )
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a row
         if isinstance(exc, KeyboardInterrupt):

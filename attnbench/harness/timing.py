@@ -23,6 +23,25 @@ class TimingStats:
     samples_ms: list[float] = field(repr=False)
 
 
+MAX_STORED_SAMPLES = 256
+
+
+def compact_samples(samples_ms: list[float], keep: int = MAX_STORED_SAMPLES) -> list[float]:
+    """What a results row stores of the raw samples (``samples_ms``).
+
+    All of them, in time order, when there are at most ``keep``; else ``keep`` evenly spaced
+    order statistics of the sorted samples (min and max included). These keep the
+    distribution (every quantile to within one rank step, so median, IQR and rank tests such
+    as ``attnbench compare``'s), not the time order; ``repeats`` keeps the full count.
+    """
+    a = [float(x) for x in samples_ms]
+    if len(a) <= keep:
+        return a
+    s = np.sort(np.asarray(a, dtype=np.float64))
+    idx = np.round(np.linspace(0, s.size - 1, keep)).astype(np.int64)
+    return s[idx].tolist()
+
+
 def summarize(samples_ms: list[float]) -> TimingStats:
     a = np.asarray(samples_ms, dtype=np.float64)
     q1, med, q3 = np.percentile(a, [25, 50, 75])

@@ -109,6 +109,18 @@ def register_pattern(p: Pattern) -> Pattern:
     from attnbench.variants.sdpa import _fused_bytes
 
     add_pattern(p)
+
+    def reasons(extra):
+        """The kernel's own reasons plus the pattern's: a grid pattern (Swin) pairs each token
+        with tokens of the same grid, so N == M in every mode (decode has no meaning there)."""
+        def fn(shape: Shape) -> list[str]:
+            r = []
+            if p.grid and shape.seq_len != shape.kv_len:
+                r.append(f"{p.name} tokens live on one H x W grid: queries and keys are the same N tokens "
+                         f"(got N={shape.seq_len}, M={shape.kv_len}; one decode query has no window)")
+            return r or (extra(shape) if extra else [])
+        return fn
+
     flops = lambda shape, _n=p.name, _d=dict(p.defaults): pattern_flops(_n, shape, _d)  # noqa: E731
     common = dict(family=p.family, exact=True, defaults=dict(p.defaults), reference=p.name,
                   causal=p.causal, paper=p.paper, flops_fn=flops, cross=not p.grid)
@@ -116,12 +128,12 @@ def register_pattern(p: Pattern) -> Pattern:
         lambda s: _materialized(s) + s.heads * s.seq_len * s.kv_len * s.element_size)  # + [H, N, M] bias
     add(VariantSpec(name=f"{p.name}@dense", forward=make_dense(p), time="O(n^2 d)", memory="O(n^2)",
                     doc=f"{p.doc}; masked softmax on dense scores (the pattern's reference)",
-                    memory_fn=dense_mem, extra_reasons=_dense_reasons, returns_weights=True,
+                    memory_fn=dense_mem, extra_reasons=reasons(_dense_reasons), returns_weights=True,
                     default=False, **common))
     add(VariantSpec(name=f"{p.name}@flex", forward=make_flex(p), time="O(n w d)", memory="O(n d)",
                     doc=f"{p.doc}; FlexAttention with the pattern's mask_mod, compiled",
-                    backward=("cuda",), extra_reasons=_flex_reasons, memory_fn=_fused_bytes, **common))
+                    backward=("cuda",), extra_reasons=reasons(_flex_reasons), memory_fn=_fused_bytes, **common))
     add(VariantSpec(name=f"{p.name}@sdpa_mask", forward=make_sdpa_mask(p), time="O(n^2 d)",
                     memory="O(n^2)", doc=f"{p.doc}; SDPA with the pattern as a dense boolean mask",
-                    memory_fn=_mask_bytes, **common))
+                    memory_fn=_mask_bytes, extra_reasons=reasons(None), **common))
     return p

@@ -1,0 +1,462 @@
+"""``attnbench compare BASE NEW``: did a kernel get slower (or break) between two runs?
+
+Cases are matched by their full key (``results.KEY_FIELDS``: variant, mode, n, batch, heads,
+K/V heads, head dim, dtype, device, causal). For each matched case:
+
+* ``ratio`` = new median / base median.
+* Both ``ok`` with at least ``MIN_SAMPLES`` raw samples (``samples_ms``) on each side: a
+  one-sided Mann-Whitney U rank test in the direction of the change, its p-values adjusted
+  over all cases so tested (Holm-Bonferroni: ``alpha`` is the chance that a comparison of
+  two runs of unchanged code flags any case, not the chance per case — a run holds tens to
+  hundreds of cases). ``regressed`` only if ratio > 1 + threshold AND the new samples are
+  significantly larger (adjusted p < alpha); ``improved`` only if ratio < 1 / (1 +
+  threshold) AND they are significantly smaller. Otherwise ``same``. The threshold is the
+  size that matters; the test guards against calling noise a change. (Samples within a run
+  are not independent and runs drift with the machine's load, so p is optimistic: it cannot
+  replace the threshold.)
+* Fewer samples (old rows, ``repeats`` < 5): the spread decides. The interval of a side is
+  [q1, q3] of its samples when it has at least two, else [median - IQR/2, median + IQR/2]
+  from the stored ``time_ms_iqr`` (a row stores the IQR, not the quartiles). ``regressed``
+  if ratio > 1 + threshold and new q1 > base q3 (the intervals do not overlap); ``improved``
+  symmetrically. No stored spread: the threshold alone decides.
+* Status changes: ok -> oom / timeout / crash / error / incorrect is ``broken`` (a
+  regression); a failure -> ok is ``fixed``; ok -> unsupported / skipped is ``not run`` and
+  unsupported / skipped -> ok is ``now runs`` (listed, not failures); both failing is
+  ``failing``, both not run ``n/a``. Cases only in NEW are ``new``, only in BASE ``gone``.
+
+Exit status of :func:`main`: 1 if any case regressed beyond the threshold or broke, else 0;
+2 for bad input (unreadable paths, different schema versions, nothing matched, a bad
+``--threshold`` / ``--alpha``), with one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable
+
+from attnbench.results import KEY_FIELDS, case_key, read_rows
+
+MIN_SAMPLES = 5  # below this, a one-sided rank test cannot reach p < 0.01 (5 vs 5: p >= 1/252)
+FAILURES = ("oom", "timeout", "crash", "error", "incorrect")
+NOT_RUN = ("unsupported", "skipped")
+# Table order: worst first; within a verdict, larger ratio first.
+VERDICT_ORDER = ("broken", "regressed", "same", "improved", "fixed", "failing", "not run",
+                 "now runs", "n/a", "new", "gone")
+COLUMNS = (*KEY_FIELDS, "base_status", "new_status", "base_ms", "new_ms", "ratio", "p_value",
+           "p_adj", "test", "base_samples", "new_samples", "verdict", "note")
+THRESHOLD_FORM = "give a percentage such as '5%' or a fraction such as 0.05"
+
+
+class CompareError(ValueError):
+    """Input that cannot be compared; ``main`` prints it as one line and exits 2."""
+
+
+# -- parsing ---------------------------------------------------------------------------------
+def parse_threshold(text: str | float) -> float:
+    """``'5%'`` or ``0.05`` (a fraction in (0, 1)) -> 0.05."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value, pct = float(text), False
+    else:
+        s = str(text).strip()
+        pct = s.endswith("%")
+        try:
+            value = float(s[:-1] if pct else s)
+        except ValueError:
+            raise CompareError(f"--threshold {text!r}: {THRESHOLD_FORM}") from None
+    if pct:
+        value /= 100.0
+    if not math.isfinite(value) or not 0.0 < value < 1.0:
+        raise CompareError(f"--threshold {text!r}: must be above 0 and below 100%; {THRESHOLD_FORM}")
+    return value
+
+
+def parse_alpha(text: str | float) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise CompareError(f"--alpha {text!r}: must be a number in (0, 1), such as 0.01") from None
+    if not 0.0 < value < 1.0:
+        raise CompareError(f"--alpha {text!r}: must be a number in (0, 1), such as 0.01")
+    return value
+
+
+# -- loading ---------------------------------------------------------------------------------
+def results_file(path: str | Path) -> Path:
+    p = Path(path)
+    f = p / "results.jsonl" if p.is_dir() else p
+    if not f.is_file():
+        where = f"no results.jsonl in directory {p}" if p.is_dir() else f"{p}: no such file or directory"
+        raise CompareError(f"{where} (give a run directory or its results.jsonl)")
+    return f
+
+
+def load_run(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(rows, run.json) of a run directory or a results.jsonl file."""
+    f = results_file(path)
+    try:
+        rows = read_rows(f)
+    except ValueError as e:
+        raise CompareError(str(e)) from None
+    if not rows:
+        raise CompareError(f"{f}: holds no result rows")
+    run_json = f.parent / "run.json"
+    try:
+        info = json.loads(run_json.read_text()) if run_json.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        info = {}
+    if info.get("schema_version") is not None:
+        rows = [r if "schema_version" in r else {**r, "schema_version": info["schema_version"]} for r in rows]
+    return rows, info
+
+
+# -- the comparison --------------------------------------------------------------------------
+def _median(a) -> float:
+    import numpy as np
+
+    return float(np.median(np.asarray(a, dtype=float)))
+
+
+def _samples(row: dict) -> list[float]:
+    s = row.get("samples_ms") or []
+    return [float(x) for x in s if x is not None and math.isfinite(float(x))]
+
+
+def _time(row: dict) -> float | None:
+    m = row.get("time_ms_median")
+    if m is not None and math.isfinite(float(m)):
+        return float(m)
+    s = _samples(row)
+    return _median(s) if s else None
+
+
+def _interval(row: dict) -> tuple[float, float]:
+    """[q1, q3] from the samples, else median -/+ IQR/2 from the row, else [median, median]."""
+    import numpy as np
+
+    s = _samples(row)
+    if len(s) >= 2:
+        q1, q3 = np.percentile(np.asarray(s, dtype=float), [25, 75])
+        return float(q1), float(q3)
+    m = _time(row)
+    iqr = row.get("time_ms_iqr")
+    half = float(iqr) / 2 if iqr is not None and math.isfinite(float(iqr)) else 0.0
+    return m - half, m + half
+
+
+def _timing_test(base: dict, new: dict, threshold: float) -> dict[str, Any]:
+    """Ratio and the per-case test; the verdict is set after the Holm adjustment."""
+    b_ms, n_ms = _time(base), _time(new)
+    out: dict[str, Any] = {"base_ms": b_ms, "new_ms": n_ms}
+    if b_ms is None or n_ms is None or b_ms <= 0:
+        return {**out, "verdict": "same", "test": "", "note": "no timing stored"}
+    ratio = n_ms / b_ms
+    out["ratio"] = ratio
+    out["_beyond"] = ratio > 1.0 + threshold or ratio < 1.0 / (1.0 + threshold)
+    bs, ns = _samples(base), _samples(new)
+    if len(bs) >= MIN_SAMPLES and len(ns) >= MIN_SAMPLES:
+        from scipy.stats import mannwhitneyu
+
+        alt = "greater" if ratio >= 1.0 else "less"  # the direction of the change
+        out.update(p_value=float(mannwhitneyu(ns, bs, alternative=alt).pvalue), test="mann-whitney")
+    else:
+        (b1, b3), (n1, n3) = _interval(base), _interval(new)
+        out.update(test="iqr", _apart=bool(n1 > b3 if ratio >= 1.0 else n3 < b1),
+                   note=f"fewer than {MIN_SAMPLES} samples: IQR overlap decides")
+    return out
+
+
+def holm(pvalues) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (family-wise error control over all cases tested)."""
+    p = list(pvalues)
+    m = len(p)
+    adj, running = [0.0] * m, 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda i: p[i])):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adj[i] = running
+    return adj
+
+
+def _first_reason(row: dict) -> str:
+    reasons = row.get("reasons") or []
+    return f"{row.get('status')}: {reasons[0]}" if reasons else str(row.get("status"))
+
+
+def _status_verdict(base: dict | None, new: dict | None) -> dict[str, Any] | None:
+    if base is None:
+        return {"verdict": "new", "test": "", "note": ""}
+    if new is None:
+        return {"verdict": "gone", "test": "", "note": ""}
+    b, n = base.get("status"), new.get("status")
+    if b == "ok" and n == "ok":
+        return None
+    if b == "ok":
+        verdict = "broken" if n not in NOT_RUN else "not run"
+        return {"verdict": verdict, "test": "status", "note": _first_reason(new)}
+    if n == "ok":
+        verdict = "fixed" if b not in NOT_RUN else "now runs"
+        return {"verdict": verdict, "test": "status", "note": _first_reason(base)}
+    verdict = "failing" if (n not in NOT_RUN) else "n/a"
+    return {"verdict": verdict, "test": "status", "note": _first_reason(new)}
+
+
+def _schema_versions(rows: Iterable[dict]) -> set:
+    return {r.get("schema_version") for r in rows}
+
+
+def _by_key(rows: Iterable[dict]) -> dict[tuple, dict]:
+    out: dict[tuple, dict] = {}
+    for r in rows:  # a resumed or merged file may repeat a case: the last row wins
+        out[case_key(r)] = r
+    return out
+
+
+def _sorted(values) -> list:
+    try:
+        return sorted(values)
+    except TypeError:  # None beside numbers, mixed types
+        return sorted(values, key=str)
+
+
+def describe_keys(rows: list[dict]) -> str:
+    """What cases a side holds, field by field: 'variants 3 (full@sdpa, ...), n 512..2048, ...'."""
+    parts = []
+    for f in KEY_FIELDS:
+        vals = _sorted({r.get(f) for r in rows})
+        if f == "seq_len" and all(isinstance(v, int) for v in vals) and len(vals) > 2:
+            parts.append(f"n {vals[0]}..{vals[-1]} ({len(vals)} values)")
+            continue
+        shown = ", ".join(map(str, vals[:4])) + (f", +{len(vals) - 4} more" if len(vals) > 4 else "")
+        name = {"variant": "variants", "seq_len": "n"}.get(f, f)
+        parts.append(f"{name} {len(vals)} ({shown})" if f == "variant" else f"{name} {shown}")
+    return "; ".join(parts)
+
+
+def _nothing_matched(base_rows: list[dict], new_rows: list[dict]) -> str:
+    differ = []
+    for f in KEY_FIELDS:
+        b, n = {r.get(f) for r in base_rows}, {r.get(f) for r in new_rows}
+        if not b & n:
+            differ.append(f"{f} (base {', '.join(map(str, _sorted(b)[:4]))} vs new "
+                          f"{', '.join(map(str, _sorted(n)[:4]))})")
+    why = f"no value in common for {'; '.join(differ)}" if differ else \
+        "every field has values in common, but no combination of them does"
+    return (f"no case of NEW matches a case of BASE by {', '.join(KEY_FIELDS)}: {why}. "
+            f"BASE has {len(base_rows)} rows: {describe_keys(base_rows)}. "
+            f"NEW has {len(new_rows)} rows: {describe_keys(new_rows)}")
+
+
+def compare_runs(base_rows: list[dict], new_rows: list[dict], threshold: float = 0.05,
+                 alpha: float = 0.01):
+    """One line per case key of either side, sorted worst first, as a pandas DataFrame.
+
+    Columns: the key fields, ``base_status``, ``new_status``, ``base_ms``, ``new_ms``,
+    ``ratio`` (new / base median), ``p_value`` (one-sided Mann-Whitney U in the direction of
+    the change; NaN when not tested), ``p_adj`` (Holm-adjusted over the tested cases; the
+    verdict compares it with ``alpha``), ``test`` (mann-whitney | iqr | status | ''),
+    ``base_samples``, ``new_samples`` (raw sample counts), ``verdict`` and ``note``.
+
+    Raises :class:`CompareError` when the sides have different schema versions or share no
+    case key.
+    """
+    import numpy as np
+    import pandas as pd
+
+    threshold, alpha = parse_threshold(threshold), parse_alpha(alpha)
+    sb, sn = _schema_versions(base_rows), _schema_versions(new_rows)
+    if sb != sn:
+        fmt = lambda s: ", ".join(map(str, sorted(s, key=str)))  # noqa: E731
+        raise CompareError(
+            f"schema_version {fmt(sb)} in BASE but {fmt(sn)} in NEW: results written by different "
+            f"attnbench result formats cannot be compared; re-run one side with the same attnbench")
+    base, new = _by_key(base_rows), _by_key(new_rows)
+    if not base.keys() & new.keys():
+        raise CompareError(_nothing_matched(base_rows, new_rows))
+    lines = []
+    for key in list(base) + [k for k in new if k not in base]:
+        b, n = base.get(key), new.get(key)
+        line: dict[str, Any] = dict(zip(KEY_FIELDS, key))
+        line.update(base_status=b.get("status") if b else None, new_status=n.get("status") if n else None,
+                    base_ms=np.nan, new_ms=np.nan, ratio=np.nan, p_value=np.nan, p_adj=np.nan,
+                    base_samples=len(_samples(b)) if b else 0, new_samples=len(_samples(n)) if n else 0)
+        sv = _status_verdict(b, n)
+        if sv is None:
+            line.update(_timing_test(b, n, threshold))
+        else:
+            line.update(sv)
+            if b is not None and b.get("status") == "ok":
+                line["base_ms"] = _time(b)
+            if n is not None and n.get("status") == "ok":
+                line["new_ms"] = _time(n)
+        line.setdefault("note", "")
+        lines.append(line)
+    # One family: every case the rank test ran on. A run holds tens to hundreds of cases, and
+    # "exit 1 if any regressed" must not turn alpha per case into a near-certain false alarm.
+    tested = [ln for ln in lines if ln.get("test") == "mann-whitney"]
+    for ln, pa in zip(tested, holm([ln["p_value"] for ln in tested])):
+        ln["p_adj"] = pa
+    for ln in lines:
+        if "verdict" in ln:
+            continue
+        significant = ln["p_adj"] < alpha if ln["test"] == "mann-whitney" else ln["_apart"]
+        if ln["_beyond"] and significant:
+            ln["verdict"] = "regressed" if ln["ratio"] > 1.0 else "improved"
+        else:
+            ln["verdict"] = "same"
+    df = pd.DataFrame(lines, columns=list(COLUMNS))
+    for c in ("base_ms", "new_ms", "ratio", "p_value", "p_adj"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
+    order = {v: i for i, v in enumerate(VERDICT_ORDER)}
+    df["_rank"] = df["verdict"].map(order)
+    df["_ratio"] = -df["ratio"].fillna(0.0)
+    df = df.sort_values(["_rank", "_ratio", "variant", "mode", "seq_len"], kind="stable")
+    return df.drop(columns=["_rank", "_ratio"]).reset_index(drop=True)
+
+
+def failed(df) -> bool:
+    """True when some case regressed beyond the threshold or broke (exit status 1)."""
+    return bool(df["verdict"].isin(["regressed", "broken"]).any())
+
+
+def summary_line(df, threshold: float) -> str:
+    """'3 regressed beyond 5%, 1 broken, 1 improved, 40 same; 2 new, 1 gone (not failures)'."""
+    c = Counter(df["verdict"])
+    pct = f"{threshold * 100:g}%"
+    head = [f"{c.get('regressed', 0)} regressed beyond {pct}"]
+    if c.get("broken"):
+        head.append(f"{c['broken']} broken")
+    head.append(f"{c.get('improved', 0)} improved beyond {pct}")
+    if c.get("fixed"):
+        head.append(f"{c['fixed']} fixed")
+    head.append(f"{c.get('same', 0)} same")
+    tail = [f"{c[v]} {v}" for v in ("failing", "not run", "now runs", "n/a", "new", "gone") if c.get(v)]
+    return ", ".join(head) + (f"; {', '.join(tail)} (not failures)" if tail else "")
+
+
+# -- output ----------------------------------------------------------------------------------
+_STATUS_CELL = {"oom": "OOM", "timeout": "TIMEOUT", "crash": "CRASH", "error": "ERROR",
+                "incorrect": "WRONG", "unsupported": "n/a", "skipped": "skip", None: "-"}
+_STYLE = {"broken": "bold red", "regressed": "red", "improved": "green", "fixed": "green",
+          "new": "cyan", "gone": "yellow", "not run": "yellow"}
+
+
+def _ms_cell(status, ms) -> str:
+    if status != "ok":
+        return _STATUS_CELL.get(status, str(status))
+    if ms is None or not math.isfinite(ms):
+        return "-"
+    from attnbench.report.console import fmt_ms
+
+    return fmt_ms(ms)
+
+
+def _run_label(path, info: dict, rows: list[dict]) -> str:
+    bits = []
+    if info.get("git_sha"):
+        bits.append(f"git {info['git_sha'][:7]}{'+dirty' if info.get('git_dirty') else ''}")
+    if info.get("device_name"):
+        bits.append(str(info["device_name"]))
+    if info.get("torch_version"):
+        bits.append(f"torch {info['torch_version']}")
+    bits.append(f"{len(rows)} rows")
+    return f"{path} ({', '.join(bits)})"
+
+
+def print_comparison(df, threshold: float, alpha: float, console=None, *, base_label: str = "BASE",
+                     new_label: str = "NEW") -> None:
+    from rich.table import Table
+
+    from attnbench.report.console import make_console
+
+    console = console or make_console()
+    varying = [f for f in KEY_FIELDS if f not in ("variant", "mode", "seq_len") and df[f].nunique(dropna=False) > 1]
+    t = Table(title=f"attnbench compare — new / base median time; verdict at {threshold * 100:g}% "
+                    f"(one-sided Mann-Whitney U, Holm-adjusted p < {alpha:g}; IQR overlap without samples)")
+    for c in ("variant", "mode", "n", *varying):
+        t.add_column(c)
+    for c in ("base ms", "new ms", "ratio", "p (Holm)"):
+        t.add_column(c, justify="right")
+    t.add_column("verdict")
+    for r in df.itertuples(index=False):
+        d = r._asdict()
+        ratio = f"{d['ratio']:.3f}x" if math.isfinite(d["ratio"]) else "-"
+        if d["test"] == "mann-whitney":
+            p = f"{d['p_adj']:.2g}"
+        elif d["test"] == "iqr":
+            p = "IQR"
+        else:
+            p = "-"
+        style = _STYLE.get(d["verdict"], "")
+        t.add_row(str(d["variant"]), str(d["mode"]), str(d["seq_len"]), *(str(d[f]) for f in varying),
+                  _ms_cell(d["base_status"], d["base_ms"]), _ms_cell(d["new_status"], d["new_ms"]),
+                  ratio, p, f"[{style}]{d['verdict']}[/{style}]" if style else d["verdict"])
+    console.print(f"base: {base_label}\nnew:  {new_label}")
+    console.print(t)
+    for r in df[df["verdict"].isin(["broken", "fixed"])].itertuples(index=False):
+        console.print(f"{r.verdict}: {r.variant} {r.mode} n={r.seq_len}: {r.note}", markup=False,
+                      highlight=False)
+    console.print(summary_line(df, threshold), style="bold red" if failed(df) else "bold",
+                  markup=False, highlight=False)
+
+
+# -- CLI -------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("base", metavar="BASE", help="run directory or results.jsonl (the reference)")
+    parser.add_argument("new", metavar="NEW", help="run directory or results.jsonl (the candidate)")
+    parser.add_argument("--threshold", default="5%",
+                        help="smallest slowdown that counts: '5%%' or 0.05 (default 5%%)")
+    parser.add_argument("--alpha", default="0.01",
+                        help="family-wise significance level of the one-sided rank tests, Holm-adjusted over "
+                             "all cases (default 0.01)")
+    parser.add_argument("--variants", default=None,
+                        help="only these variants: names or fnmatch globs, comma separated")
+    parser.add_argument("--csv", default=None, metavar="FILE", help="also write the comparison as CSV")
+
+
+def _select(rows: list[dict], selection: str | None) -> list[dict]:
+    if not selection:
+        return rows
+    pats = [s.strip() for s in selection.split(",") if s.strip()]
+    return [r for r in rows if any(fnmatch.fnmatchcase(str(r.get("variant")), p) for p in pats)]
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point for ``attnbench compare``; returns the exit status (0 same, 1 regressed, 2 bad input)."""
+    from attnbench.report.console import make_console
+
+    try:
+        threshold = parse_threshold(args.threshold)
+        alpha = parse_alpha(getattr(args, "alpha", 0.01))
+        base_rows, base_info = load_run(args.base)
+        new_rows, new_info = load_run(args.new)
+        selection = getattr(args, "variants", None)
+        if selection:
+            base_rows, new_rows = _select(base_rows, selection), _select(new_rows, selection)
+            if not base_rows or not new_rows:
+                raise CompareError(f"--variants {selection!r} matches no row of "
+                                   f"{'BASE' if not base_rows else 'NEW'}")
+        df = compare_runs(base_rows, new_rows, threshold, alpha)
+    except CompareError as e:
+        print(f"attnbench: error: {e}", file=sys.stderr)
+        return 2
+    print_comparison(df, threshold, alpha, make_console(),
+                     base_label=_run_label(args.base, base_info, base_rows),
+                     new_label=_run_label(args.new, new_info, new_rows))
+    if getattr(args, "csv", None):
+        df.to_csv(args.csv, index=False)
+    return 1 if failed(df) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A stand-alone parser (``python -m attnbench.compare``), for use before the CLI wiring."""
+    p = argparse.ArgumentParser(prog="attnbench compare", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(main(build_parser().parse_args()))
