@@ -1,0 +1,61 @@
+"""Regenerate every committed report from the committed results; never re-measures.
+
+Each run directory ``results/<machine>/<run>/`` (``results.jsonl`` + ``run.json``) gets its
+generated report in ``reports/<machine>/<run>/`` (tables, figures, README index), built by
+``python -m attnbench report``. The hand-written ``reports/<machine>/README.md`` (analysis and
+the figures of the scripts' CSVs) is not touched.
+
+    python scripts/regenerate_reports.py              # every run under results/
+    python scripts/regenerate_reports.py --check      # rebuild into a temp dir, fail if tables differ
+"""
+from __future__ import annotations
+
+import argparse
+import filecmp
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from attnbench.report.build import build_report  # noqa: E402
+
+SKIP = {"runs"}  # results/runs/ holds local, uncommitted runs
+
+
+def run_dirs(results: Path) -> list[Path]:
+    return sorted(p.parent for p in results.glob("*/*/results.jsonl") if p.parent.parent.name not in SKIP)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results", type=Path, default=ROOT / "results")
+    ap.add_argument("--reports", type=Path, default=ROOT / "reports")
+    ap.add_argument("--check", action="store_true", help="build into a temp dir and compare tables with the committed ones")
+    ap.add_argument("--no-figures", action="store_true")
+    args = ap.parse_args(argv)
+    dirs = run_dirs(args.results)
+    if not dirs:
+        print(f"no run directories (*/*/results.jsonl) under {args.results}", file=sys.stderr)
+        return 2
+    stale = []
+    for d in dirs:
+        rel = d.relative_to(args.results)
+        committed = args.reports / rel
+        out = Path(tempfile.mkdtemp()) / rel if args.check else committed
+        files = build_report([d], out, figures=not (args.no_figures or args.check))
+        print(f"{rel}: {len(files)} files -> {out}")
+        if args.check:
+            for f in (out / "tables").glob("*"):
+                twin = committed / "tables" / f.name
+                if not twin.exists() or not filecmp.cmp(f, twin, shallow=False):
+                    stale.append(str(twin))
+    if stale:
+        print("stale committed tables (re-run scripts/regenerate_reports.py):\n  " + "\n  ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
