@@ -19,13 +19,25 @@ from attnbench import reference
 from attnbench.patterns import Pattern, _freeze, dense_mask, pattern_flops
 from attnbench.registry import AttnOutput, Shape, VariantSpec, add
 
-DENSE_LIMIT = 8192 * 8192  # N * M above which @dense refuses (3 score-sized tensors per head)
+# The quadratic kernels of a pattern are references and baselines, not contenders: above these
+# sizes a sweep would spend minutes per case on them (@dense evaluates the mask elementwise and
+# keeps 3 score-sized tensors: ~14 s a call at 8192^2 on a 2-core CPU).
+DENSE_LIMIT = 4096 * 4096  # N * M above which @dense refuses
+SDPA_MASK_CPU_LIMIT = 8192 * 8192  # N * M above which @sdpa_mask refuses on CPU (no mask-skipping kernel there)
 
 
 def _dense_reasons(shape: Shape) -> list[str]:
     if shape.seq_len * shape.kv_len > DENSE_LIMIT:
         return [f"@dense materializes N x M scores; N*M = {shape.seq_len * shape.kv_len} exceeds "
-                f"its limit {DENSE_LIMIT} (8192^2): use @blocked or @flex"]
+                f"its limit {DENSE_LIMIT} (4096^2): use @blocked or @flex"]
+    return []
+
+
+def _sdpa_mask_reasons(shape: Shape) -> list[str]:
+    if shape.device == "cpu" and shape.seq_len * shape.kv_len > SDPA_MASK_CPU_LIMIT:
+        return [f"@sdpa_mask on CPU reads a dense N x M mask with SDPA's CPU kernels, O(n^2) whatever the "
+                f"pattern; N*M = {shape.seq_len * shape.kv_len} exceeds its CPU limit {SDPA_MASK_CPU_LIMIT} "
+                f"(8192^2): use @blocked or @flex"]
     return []
 
 
@@ -135,5 +147,5 @@ def register_pattern(p: Pattern) -> Pattern:
                     backward=("cuda",), extra_reasons=reasons(_flex_reasons), memory_fn=_fused_bytes, **common))
     add(VariantSpec(name=f"{p.name}@sdpa_mask", forward=make_sdpa_mask(p), time="O(n^2 d)",
                     memory="O(n^2)", doc=f"{p.doc}; SDPA with the pattern as a dense boolean mask",
-                    memory_fn=_mask_bytes, extra_reasons=reasons(None), **common))
+                    memory_fn=_mask_bytes, extra_reasons=reasons(_sdpa_mask_reasons), **common))
     return p
