@@ -420,3 +420,28 @@ def test_every_approximate_variant_reports_rel_err():
             assert r["rel_err_sharp"] is not None and 0 <= r["rel_err_sharp"] < 10, (spec.name, r)
     exact = rel_errors(get("full@naive"), Shape(1, 2, 2, 64, 64, 16))
     assert exact["rel_err"] < 1e-6 and exact["rel_err_sharp"] < 1e-6
+
+
+def _backward_cpu_specs() -> list[str]:
+    return [n for n in names("all") if "cpu" in get(n).backward and "cpu" in get(n).devices
+            and not get(n).missing_packages()]
+
+
+@pytest.mark.parametrize("variant", _backward_cpu_specs())
+def test_inference_call_then_autograd_call(variant):
+    """`run` times fwd cases under inference_mode, then fwd+bwd cases in the same worker: a
+    tensor a kernel caches during the first (an inference tensor) must not break the second."""
+    spec = get(variant)
+    causal = not spec.not_supported_reasons(Shape(1, 2, 2, 64, 64, 16, causal=True))
+    sh = Shape(1, 2, 2, 64, 64, 16, causal=causal)
+    if spec.not_supported_reasons(sh):
+        pytest.skip("; ".join(spec.not_supported_reasons(sh)))
+    from attnbench.harness.execute import make_inputs
+
+    q, k, v = make_inputs(sh, requires_grad=False)
+    with torch.inference_mode():
+        spec(q, k, v, causal=causal)
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+    out = spec(qg, kg, vg, causal=causal).out
+    out.sum().backward()
+    assert qg.grad is not None and torch.isfinite(qg.grad).all()

@@ -31,6 +31,7 @@ import torch
 from attnbench.patterns import Pattern, _freeze, grid_for
 from attnbench.registry import AttnOutput, Shape, Unsupported, VariantSpec, add
 from attnbench.variants.masked import register_pattern
+from attnbench.variants.window import _normal_tensors
 
 
 def swin_geometry(n: int, params) -> dict:
@@ -59,6 +60,7 @@ def _region(x: torch.Tensor, size: int, win: int, shift: int) -> torch.Tensor:
     return (x >= size - win).long() + (x >= size - shift).long()
 
 
+@_normal_tensors  # cached tensors must not be inference tensors (a later autograd call reuses them)
 @functools.lru_cache(maxsize=64)
 def token_tables(n: int, frozen_params: tuple, device: str) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Per-token lookups that the mask and the bias read (cheap for FlexAttention's mods).
@@ -91,6 +93,7 @@ def _swin_mask(n, m, params, device):
     return mask_mod
 
 
+@_normal_tensors  # cached tensors must not be inference tensors (a later autograd call reuses them)
 @functools.lru_cache(maxsize=32)
 def bias_table(heads: int, win: int, seed: int, std: float, device: str, dtype: torch.dtype) -> torch.Tensor:
     """[heads, (2M-1)^2] relative-position bias (a learned parameter in a model)."""
@@ -124,6 +127,7 @@ SWIN = register_pattern(Pattern(
 # ---------------------------------------------------------------------------------------------
 # swin@blocked: the windows as a batch of small dense attentions, O(n M^2 d), never n x n.
 # ---------------------------------------------------------------------------------------------
+@_normal_tensors  # cached tensors must not be inference tensors (a later autograd call reuses them)
 @functools.lru_cache(maxsize=64)
 def _window_plan(n: int, h: int, w: int, win: int, shift: int, hp: int, wp: int, device: str):
     """Index maps and the region mask for one geometry (cached: they depend on shape only).
