@@ -64,6 +64,10 @@ def host_environment() -> dict[str, object]:
         "cpu_count": os.cpu_count(),
         "mem_available_bytes": mem_available_bytes(),
         "load_average_1m": os.getloadavg()[0],  # other load ruins multi-threaded CPU timings
+        # Allocator and threading settings that change CPU timings (workers inherit them): e.g.
+        # THP_MEM_ALLOC_ENABLE=1 backs large tensors with huge pages, far fewer page faults.
+        "env_vars": {k: v for k, v in sorted(os.environ.items())
+                     if k.startswith(("MALLOC_", "THP_", "OMP_", "MKL_", "KMP_", "LD_PRELOAD"))},
         "versions": versions(),
         **git_state(),
     }

@@ -317,27 +317,34 @@ def _causal_chunks(fqg, fk, c, vaug, kv, m, chunk, eps):
     # no concatenation: one [N, D] buffer); with autograd the chunks are concatenated.
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (fqg, fk, vaug, kv))
     out = None if grad else fqg.new_empty(b, hkv, g, n, d1 - 1)
+    starts = list(range(0, n, chunk))
+    key_bounds = sorted({0, l} | {min(max(i + off, 0), l) for i in starts + [n]})
+    # Under autograd a slice's backward writes its gradient into a zero tensor of the whole
+    # input: one per chunk would make the backward O(n^2 / chunk). Cut every input once with
+    # split (its backward is one concatenation) and take the chunks' pieces from it.
+    qs = _Pieces(fqg, 3, sorted(set(starts + [n])), grad)
+    ks, vs = _Pieces(fk, 2, key_bounds, grad), _Pieces(vaug, 2, key_bounds, grad)
+    cs = None if c is None else _Pieces(c, 2, key_bounds, grad)
     outs, absorbed = [], 0
-    for i0 in range(0, n, chunk):
+    for i0 in starts:
         i1 = min(i0 + chunk, n)
         cq = i1 - i0
         lo, hi = min(max(i0 + off, 0), l), min(max(i1 + off, 0), l)
         if lo > absorbed:  # keys every query of this chunk sees: into the state
-            kv, m = _absorb(kv, m, fk[:, :, absorbed:lo], None if c is None else c[..., absorbed:lo],
-                            vaug[:, :, absorbed:lo])
+            kv, m = _absorb(kv, m, ks(absorbed, lo), None if cs is None else cs(absorbed, lo), vs(absorbed, lo))
             absorbed = lo
-        qc = fqg[:, :, :, i0:i1].reshape(b, hkv, g * cq, r)
+        qc = qs(i0, i1).reshape(b, hkv, g * cq, r)
         o = torch.matmul(qc, kv)  # [B, Hkv, G*c, D+1]
         if hi > lo:
             rows = torch.arange(i0, i1, device=dev)
             cols = torch.arange(lo, hi, device=dev)
             vis = cols[None, :] <= rows[:, None] + off  # [c, Lb]
-            p = torch.matmul(qc, fk[:, :, lo:hi].transpose(-1, -2)).view(b, hkv, g, cq, hi - lo)
+            p = torch.matmul(qc, ks(lo, hi).transpose(-1, -2)).view(b, hkv, g, cq, hi - lo)
             if c is None:
                 p = p.masked_fill(~vis, 0.0)  # not a product: inf * 0 would be nan
             else:
                 # Query i's scale M_i: the largest log-scale among the keys it sees (state: m).
-                cb = c[..., lo:hi]
+                cb = cs(lo, hi)
                 run = torch.cummax(cb, dim=-1).values
                 last = rows + off - lo  # index of i's last visible key in the block; -1: none
                 mi = torch.maximum(m.unsqueeze(-1), run[..., last.clamp(min=0)])
@@ -347,14 +354,33 @@ def _causal_chunks(fqg, fk, c, vaug, kv, m, chunk, eps):
                 o = o.view(b, hkv, g, cq, d1) * torch.exp(m.unsqueeze(-1) - mi)[:, :, None, :, None]
             # o + P [V | 1] in one fused call (the add is part of the GEMM)
             o = torch.baddbmm(o.reshape(b * hkv, g * cq, d1), p.reshape(b * hkv, g * cq, hi - lo),
-                              vaug[:, :, lo:hi].reshape(b * hkv, hi - lo, d1))
+                              vs(lo, hi).reshape(b * hkv, hi - lo, d1))
         o = _normalize(o.view(b, hkv, g, cq, d1), d1 - 1, eps)
         if out is None:
             outs.append(o)
         else:
             out[:, :, :, i0:i1] = o
-    kv, m = _absorb(kv, m, fk[:, :, absorbed:], None if c is None else c[..., absorbed:], vaug[:, :, absorbed:])
+    kv, m = _absorb(kv, m, ks(absorbed, l), None if cs is None else cs(absorbed, l), vs(absorbed, l))
     return (torch.cat(outs, dim=3) if out is None else out), kv, m
+
+
+class _Pieces:
+    """``t`` cut along ``dim`` at ``bounds`` (sorted, from 0 to its size); ``self(a, b)`` is
+    t[a:b] for bounds a <= b: one piece, or a concatenation of neighbours. Without autograd it
+    simply slices."""
+
+    def __init__(self, t: torch.Tensor, dim: int, bounds: list[int], split: bool):
+        self.t, self.dim, self.split = t, dim, split
+        if split:
+            sizes = [y - x for x, y in zip(bounds[:-1], bounds[1:])]
+            self.at = {x: i for i, x in enumerate(bounds)}
+            self.parts = t.split(sizes, dim) if sizes else ()
+
+    def __call__(self, a: int, b: int) -> torch.Tensor:
+        if not self.split or a >= b:
+            return self.t.narrow(self.dim, a, max(b - a, 0))
+        i, j = self.at[a], self.at[b]
+        return self.parts[i] if j == i + 1 else torch.cat(self.parts[i:j], self.dim)
 
 
 # ------------------------------------------------------------------------------ variants
