@@ -573,30 +573,3 @@ def test_compact_samples_keeps_the_distribution():
     for q in (25, 50, 75):
         assert abs(np.percentile(kept, q) - np.percentile(many, q)) < 0.01
 
-
-def test_cached_cpu_allocations_reuse_large_blocks():
-    """Inside the timing context a freed 64 MiB block is reused (no fresh page faults): the
-    second allocation adds no resident memory and is faster to fill than outside it."""
-    import resource
-
-    import torch
-
-    from attnbench.harness import memory
-
-    def faults_of_two_allocs():
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(2):
-            t = torch.empty(16 << 20, dtype=torch.float32)  # 64 MiB: above glibc's mmap threshold
-            t.fill_(1.0)
-            del t
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-    outside = faults_of_two_allocs()
-    with memory.cached_cpu_allocations() as cache:
-        faults_of_two_allocs()  # first: the heap grows once
-        inside = faults_of_two_allocs()
-    if not cache.active:
-        pytest.skip("not glibc: mallopt unavailable")
-    if outside < 2 * (64 << 20) // 4096 * 0.9:  # two fresh mmaps: one fault per 4 KiB page
-        pytest.skip(f"only {outside} page faults for two fresh 64 MiB blocks (huge pages?)")
-    assert inside < outside / 10, (inside, outside)

@@ -70,38 +70,3 @@ def cuda_peak_bytes(fn: Callable[[], object], device: str = "cuda") -> int:
 def peak_bytes(fn: Callable[[], object], device: str = "cpu") -> int:
     return cuda_peak_bytes(fn, device) if device.startswith("cuda") else cpu_peak_bytes(fn)
 
-
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_GLIBC_MMAP_MAX_DEFAULT = 65536
-_NO_TRIM = 2**31 - 1  # mallopt takes an int: 2 GiB of free heap top kept
-
-
-def _mallopt(param: int, value: int) -> bool:
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(ctypes.c_int(param), ctypes.c_int(min(value, 2**31 - 1))))
-    except (OSError, AttributeError):
-        return False
-
-
-class cached_cpu_allocations:
-    """Context: glibc keeps freed memory for reuse, as PyTorch's CUDA caching allocator does.
-
-    By default glibc serves each block over 32 MiB with a fresh ``mmap`` and unmaps it on free,
-    so every large output of every timed call page-faults (and zero-fills) afresh: at n = 16384
-    that was over half of linear attention's forward time and bent every O(n) kernel's slope up
-    past the 32 MiB step. Inside this context no block is mmapped and the heap is never trimmed,
-    so repeated calls reuse warm pages. The timing pass runs inside it; the memory pass runs
-    before it with default settings, and leaving it trims the heap again.
-    ``active`` says whether the allocator accepted the settings (glibc only).
-    """
-
-    def __enter__(self):
-        self.active = _mallopt(_M_MMAP_MAX, 0) and _mallopt(_M_TRIM_THRESHOLD, _NO_TRIM)
-        return self
-
-    def __exit__(self, *exc):
-        _mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX_DEFAULT)
-        _mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
-        _trim()
-        return False
