@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from attnbench.report.build import build_report  # noqa: E402
+from attnbench.results import read_rows  # noqa: E402
 
 SKIP = {"runs"}  # results/runs/ holds local, uncommitted runs
 
@@ -28,13 +30,24 @@ def run_dirs(results: Path) -> list[Path]:
     return sorted(p.parent for p in results.glob("*/*/results.jsonl") if p.parent.parent.name not in SKIP)
 
 
+def baseline_for(run: Path, preferred: str = "full@sdpa") -> str:
+    """full@sdpa where the run has it, else its first full@* kernel (a run of @flex kernels
+    only is compared with full@flex)."""
+    have = {r["variant"] for r in read_rows(run / "results.jsonl")}
+    if preferred in have:
+        return preferred
+    full = sorted(v for v in have if v.startswith("full@"))
+    return full[0] if full else sorted(have)[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results", type=Path, default=ROOT / "results")
-    ap.add_argument("--reports", type=Path, default=ROOT / "reports")
+    ap.add_argument("--results", type=Path, default=Path("results"))
+    ap.add_argument("--reports", type=Path, default=Path("reports"))
     ap.add_argument("--check", action="store_true", help="build into a temp dir and compare tables with the committed ones")
     ap.add_argument("--no-figures", action="store_true")
     args = ap.parse_args(argv)
+    os.chdir(ROOT)  # relative paths: the reports name their inputs the same on every clone
     dirs = run_dirs(args.results)
     if not dirs:
         print(f"no run directories (*/*/results.jsonl) under {args.results}", file=sys.stderr)
@@ -44,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         rel = d.relative_to(args.results)
         committed = args.reports / rel
         out = Path(tempfile.mkdtemp()) / rel if args.check else committed
-        files = build_report([d], out, figures=not (args.no_figures or args.check))
+        files = build_report([d], out, baseline_for(d), figures=not (args.no_figures or args.check))
         print(f"{rel}: {len(files)} files -> {out}")
         if args.check:
             for f in (out / "tables").glob("*"):
