@@ -208,7 +208,10 @@ def panels_for(g: pd.DataFrame, baseline: str) -> list[tuple[str, list[str]]]:
     if len(labels) <= FACET_ABOVE:
         return [("", labels)]
     fam = g.groupby("label")["family"].first()
-    fams = sorted(set(fam), key=lambda f: (family_rank(f), f))
+    ran = set(g.loc[g["status"] == "ok", "label"])
+    # A family none of whose variants ran anywhere gets no (empty) panel: the note under the
+    # figure names the variants that never ran.
+    fams = sorted({fam[lab] for lab in labels if lab in ran}, key=lambda f: (family_rank(f), f))
     return [(f"family: {f}", [lab for lab in labels if fam[lab] == f]) for f in fams]
 
 
