@@ -291,8 +291,11 @@ def line_figure(g: pd.DataFrame, metric: str, baseline: str, style: Style, title
     extra = f"vs {baseline}" if m.speedup else ""
     fig.suptitle(f"{m.title} {extra}".strip() + f"\n{title_desc}", fontsize=10)
     notes = []
+    # also the variants of families that got no panel (nothing of theirs ran)
+    st = g.groupby("label")["status"].agg(lambda x: set(x))
+    never = sorted(set(never) | {lab for lab, s in st.items() if s <= {"unsupported"}})
     if never:
-        notes.append("Not run (unsupported at every n here): " + ", ".join(sorted(never)) + ".")
+        notes.append("Not run (unsupported at every n here): " + ", ".join(never) + ".")
     if zero_mem:
         notes.append(f"{zero_mem} ok point(s) with 0 bytes above the inputs are not drawn (log axis).")
     if metric == "throughput":
