@@ -300,12 +300,13 @@ def test_real_kernel_slowdown_flagged_and_a_a_passes():
         for _ in range(8):
             for name, fn in (("base", base), ("slowed", slowed), ("again", base)):
                 pooled[name] += measure(fn, budget_s=0.04, warmup_s=0.005, settle_min=10**9).samples_ms
-        assert time.perf_counter() - t0 < 10
+        assert time.perf_counter() - t0 < 60  # a bound on the test's cost, not a timing claim
     finally:
         torch.set_num_threads(threads)
     runs = {k: [row("mm@torch", 256, v)] for k, v in pooled.items()}
     df = compare.compare_runs(runs["base"], runs["slowed"], 0.05, 0.01)
     # (the spin adds fixed time: if other jobs slow the mm down, the ratio falls below 1.3)
     assert df["verdict"][0] == "regressed", df.T
-    df = compare.compare_runs(runs["base"], runs["again"], 0.10, 0.01)
+    # A/A: the same kernel; 25% leaves room for load drift on shared 2-core CI machines
+    df = compare.compare_runs(runs["base"], runs["again"], 0.25, 0.01)
     assert df["verdict"][0] == "same", df.T
