@@ -381,6 +381,10 @@ def _readme(loaded: Loaded, inputs, baseline: str, sections: list[str], out: Pat
         started = _started_key(i)[:19].replace("T", " ") or "?"
         lines.append(f"| `{r.path}` | {i.get('device_name') or 'unknown device'} | {started} | {r.rows} | {sha} | "
                      f"{i.get('torch_version') or '?'} | {T.fmt_num(peak) if peak else '?'} |")
+    envs = [(r.path, r.info.get("env_vars")) for r in sorted(loaded.runs, key=lambda r: r.path) if r.info.get("env_vars")]
+    if envs:  # allocator / threading settings change CPU timings: say so next to the numbers
+        lines += ["", "Environment variables set for the workers (they change CPU timings):", ""]
+        lines += [f"- `{path}`: " + ", ".join(f"`{k}={v}`" for k, v in sorted(ev.items())) for path, ev in envs]
     if loaded.notes:
         lines += ["", "Merging:", ""]
         lines += [f"- {n.strip()}" if not n.startswith("  ") else f"  - {n.strip()}" for n in loaded.notes]
