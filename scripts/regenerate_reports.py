@@ -45,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=Path("results"))
     ap.add_argument("--reports", type=Path, default=Path("reports"))
     ap.add_argument("--check", action="store_true", help="build into a temp dir and compare tables with the committed ones")
-    ap.add_argument("--no-figures", action="store_true")
     args = ap.parse_args(argv)
     os.chdir(ROOT)  # relative paths: the reports name their inputs the same on every clone
     dirs = run_dirs(args.results)
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         rel = d.relative_to(args.results)
         committed = args.reports / rel
         out = Path(tempfile.mkdtemp()) / rel if args.check else committed
-        files = build_report([d], out, baseline_for(d), figures=not (args.no_figures or args.check))
+        files = build_report([d], out, baseline_for(d), figures=not args.check)
         print(f"{rel}: {len(files)} files -> {out}")
         if args.check:
             for f in (out / "tables").glob("*"):
