@@ -36,14 +36,10 @@ from attnbench.registry import Shape, get
 
 
 def _seq_lens(text: str) -> list[int]:
-    if ".." in text:
-        lo, hi = (int(x) for x in text.split(".."))
-        out, n = [], lo
-        while n <= hi:
-            out.append(n)
-            n *= 2
-        return out
-    return [int(x) for x in text.split(",")]
+    """A..B (powers of two inclusive) or a comma list: the same syntax as ``run --seq-lens``."""
+    from attnbench.config import parse_seq_lens
+
+    return parse_seq_lens(text)
 
 
 def main() -> int:

@@ -43,3 +43,13 @@ def clean_registry():
         for name in set(sys.modules) - modules_before:
             if name.startswith("attnbench_plugin_") or name.startswith("fakepkg_attn"):
                 del sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module of small-shape tests: faster there, and a loaded 2-core
+    machine cannot stall them (a 2-thread op waits whenever its second thread is descheduled)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -28,12 +28,8 @@ SIZES = [(37, 37, 1), (100, 100, 2), (129, 129, 4), (37, 91, 2), (91, 37, 4), (1
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small shapes run faster on one thread, and a loaded 2-core machine cannot stall them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test of this module on one torch thread (conftest.one_thread)."""
 
 
 def _shape(n, m, hkv=4, *, causal, dtype="float64", heads=4, batch=2, d=16, mode="fwd"):

@@ -25,12 +25,8 @@ SPEC = get("lsh@shared_qk")
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small shapes run faster on one thread, and a shared machine cannot stall them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test of this module on one torch thread (conftest.one_thread)."""
 
 
 def _shape(n, *, causal=False, hkv=4, heads=4, batch=2, d=16, dtype="float32"):

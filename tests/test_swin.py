@@ -53,13 +53,8 @@ GEOMETRIES = [
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny: intra-op threads only add OpenMP wake-ups (10-50x slower on a
-    shared 2-core machine). Restored afterwards for the rest of the session."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test of this module on one torch thread (conftest.one_thread)."""
 
 
 def _params(grid, window, shift, bias_std=1.0):

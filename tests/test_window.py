@@ -45,13 +45,8 @@ DTYPES = ("float32", "float64")
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small shapes run faster on one thread, and a shared machine cannot stall them: a
-    2-thread op waits for its second thread whenever that one is descheduled."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test of this module on one torch thread (conftest.one_thread)."""
 
 
 def _shape(n, m, *, causal, hkv=8, dtype="float32", heads=8, batch=2, d=16):

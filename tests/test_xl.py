@@ -27,12 +27,8 @@ SPEC = xl.SPEC
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small shapes run faster on one thread on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_thread):
+    """Every test of this module on one torch thread (conftest.one_thread)."""
 
 
 def _shape(n, *, m=None, hkv=4, dtype="float32", heads=4, batch=2, d=16, causal=True):
