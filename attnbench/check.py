@@ -10,9 +10,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from attnbench import reference
 from attnbench.harness.execute import classify, make_inputs
-from attnbench.patterns import reference_constraints
+from attnbench.patterns import spec_reference_out
 from attnbench.registry import Shape, VariantSpec
 
 
@@ -51,14 +50,8 @@ def check_case(spec: VariantSpec, shape: Shape, *, grads: bool = True, seed: int
         q64, k64, v64 = (t.detach().double().requires_grad_(want_grads) for t in (q, k, v))
         qlp, klp, vlp = (t.detach().clone().requires_grad_(want_grads) for t in (q, k, v))
         full_params = {**spec.defaults, **params}
-        if spec.reference_fn is not None:  # the variant's own definition (FAVOR+, LSH, XL)
-            ref64 = spec.reference_fn(q64, k64, v64, causal=shape.causal, **full_params)
-            reflp = spec.reference_fn(qlp, klp, vlp, causal=shape.causal, **full_params)
-        else:
-            mask, bias, causal = reference_constraints(spec.reference, rshape, full_params, device=q.device)
-            ref64 = reference.attention(q64, k64, v64, causal=causal, mask=mask, bias=bias).out
-            bias_lp = None if bias is None else bias.to(q.dtype)
-            reflp = reference.attention(qlp, klp, vlp, causal=causal, mask=mask, bias=bias_lp).out
+        ref64 = spec_reference_out(spec, rshape, q64, k64, v64, full_params)
+        reflp = spec_reference_out(spec, rshape, qlp, klp, vlp, full_params)
         tol = spec.tolerance(shape.dtype)
         errors = {"out": _max_err(out, ref64)}
         allowed = {"out": 2 * _max_err(reflp, ref64) + tol.atol + tol.rtol * ref64.abs().max().item()}

@@ -129,6 +129,22 @@ def reference_constraints(reference: str, shape: Shape, params: dict, rows: torc
     return mask, bias, False
 
 
+def spec_reference_out(spec, shape: Shape, q, k, v, params: dict, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """What ``spec``'s kernels must output for q, k, v (computed at their dtype and device):
+    the variant's own dense definition (``reference_fn``: FAVOR+, LSH, XL) or softmax attention
+    under its reference's mask and bias. ``params``: the spec's defaults with the case's
+    overrides. Query ``rows`` only when given: [B, H, R, D]; else [B, H, N, D], differentiable.
+    """
+    from attnbench import reference
+
+    if spec.reference_fn is not None:
+        return spec.reference_fn(q, k, v, causal=shape.causal, rows=rows, **params)
+    mask, bias, causal = reference_constraints(spec.reference, shape, params, rows=rows, device=q.device)
+    qr = q if rows is None else q[:, :, rows]
+    bias = None if bias is None else bias.to(q.dtype)
+    return reference.attention(qr, k, v, causal=causal, mask=mask, bias=bias).out
+
+
 def grid_for(n: int, params: dict) -> tuple[int, int]:
     """Swin's (H, W) grid: ``params['grid']`` or the most nearly square factorization of n."""
     g = params.get("grid")

@@ -46,23 +46,14 @@ def check_rows(spec: VariantSpec, shape: Shape, q, k, v, out: torch.Tensor, n_ro
     that of the reference evaluated at the case's dtype, plus the spec's floor for the dtype.
     The reference is the spec's: full attention, or its pattern's mask (and bias).
     """
-    from attnbench.patterns import reference_constraints
+    from attnbench.patterns import spec_reference_out
 
     rows = reference.sample_rows(shape.seq_len, n_rows, device=q.device)
     full_params = {**spec.defaults, **(params or {})}
     with torch.no_grad():
-        if spec.reference_fn is not None:  # the variant's own definition (FAVOR+, LSH, XL)
-            qd, kd, vd = q.detach(), k.detach(), v.detach()
-            ref64 = spec.reference_fn(qd.double(), kd.double(), vd.double(), causal=shape.causal,
-                                      rows=rows, **full_params)
-            ref_lp = spec.reference_fn(qd, kd, vd, causal=shape.causal, rows=rows, **full_params)
-        else:
-            mask, bias, _ = reference_constraints(spec.reference, shape, full_params,
-                                                  rows=rows, device=q.device)
-            q_lp, k_lp, v_lp = q.detach()[:, :, rows], k.detach(), v.detach()
-            ref64 = reference.attention(q_lp.double(), k_lp.double(), v_lp.double(), mask=mask, bias=bias).out
-            ref_lp = reference.attention(q_lp, k_lp, v_lp, mask=mask,
-                                         bias=None if bias is None else bias.to(q.dtype)).out
+        qd, kd, vd = q.detach(), k.detach(), v.detach()
+        ref64 = spec_reference_out(spec, shape, qd.double(), kd.double(), vd.double(), full_params, rows)
+        ref_lp = spec_reference_out(spec, shape, qd, kd, vd, full_params, rows)
         got = out.detach()[:, :, rows].double()
         err = (got - ref64).abs().max().item() if got.numel() else 0.0
         err_torch = (ref_lp.double() - ref64).abs().max().item() if got.numel() else 0.0

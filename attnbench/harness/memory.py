@@ -69,4 +69,3 @@ def cuda_peak_bytes(fn: Callable[[], object], device: str = "cuda") -> int:
 
 def peak_bytes(fn: Callable[[], object], device: str = "cpu") -> int:
     return cuda_peak_bytes(fn, device) if device.startswith("cuda") else cpu_peak_bytes(fn)
-

@@ -255,21 +255,27 @@ def _make_blocked(name: str):
     return forward
 
 
+def _defaults_plan(name: str, defaults: dict, shape: Shape):
+    """The block plan of ``shape`` with the spec's defaults; None where @blocked does not run
+    (N > M) or there is nothing to do."""
+    if shape.seq_len > shape.kv_len or not shape.seq_len or not shape.kv_len:
+        return None
+    return _plan(name, shape.seq_len, shape.kv_len, shape.causal, defaults)
+
+
 def _blocked_flops(name: str, defaults: dict):
     def flops(shape: Shape) -> float:
-        if shape.seq_len > shape.kv_len or not shape.seq_len or not shape.kv_len:
-            return 0.0
-        plan = _plan(name, shape.seq_len, shape.kv_len, shape.causal, defaults)
-        return _blocked.flops(plan, shape.batch, shape.heads, shape.head_dim)
+        plan = _defaults_plan(name, defaults, shape)
+        return 0.0 if plan is None else _blocked.flops(plan, shape.batch, shape.heads, shape.head_dim)
 
     return flops
 
 
 def _blocked_memory(name: str, defaults: dict):
     def memory(shape: Shape) -> float:
-        if shape.seq_len > shape.kv_len or not shape.seq_len or not shape.kv_len:
+        plan = _defaults_plan(name, defaults, shape)
+        if plan is None:
             return 0.0
-        plan = _plan(name, shape.seq_len, shape.kv_len, shape.causal, defaults)
         b = _blocked.peak_bytes(plan, shape.batch, shape.heads, shape.kv_heads, shape.head_dim,
                                 shape.element_size, grad=shape.needs_grad)
         return b / 2 if shape.needs_grad else b  # the registry doubles backward modes itself
