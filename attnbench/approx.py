@@ -20,7 +20,9 @@ from dataclasses import replace
 import torch
 
 from attnbench import reference
-from attnbench.registry import Shape, VariantSpec
+from attnbench.case import Shape, freeze
+from attnbench import registry
+from attnbench.registry import VariantSpec
 
 REL_ERR_N = 1024
 SHARP_KEYS = 3  # keys each "sharp" query is made of
@@ -70,22 +72,25 @@ def relative_error(spec: VariantSpec, shape: Shape, kind: str, params: dict | No
 
 
 @functools.lru_cache(maxsize=64)
-def _cached(name: str, shape: Shape) -> tuple[float, float]:
-    """Both errors with the spec's defaults, once per (variant, shape) in a worker: every n of
-    a run stores the same n = 1024 figures."""
-    from attnbench.registry import get
-
-    spec = get(name)
-    return relative_error(spec, shape, "gaussian"), relative_error(spec, shape, "sharp")
+def _cached(name: str, shape: Shape, frozen: tuple) -> tuple[float, float]:
+    """Both errors, once per (variant, shape, params) in a worker: every n of a run stores the
+    same n = 1024 figures."""
+    spec, params = registry.lookup(name), dict(frozen)
+    return relative_error(spec, shape, "gaussian", params), relative_error(spec, shape, "sharp", params)
 
 
 def rel_errors(spec: VariantSpec, shape: Shape, params: dict | None = None) -> dict[str, float]:
     """The two figures a run row stores for a non-exact variant: ``rel_err`` (gaussian inputs)
-    and ``rel_err_sharp``, both at n = 1024 with the case's heads, head_dim, dtype, causality."""
+    and ``rel_err_sharp``, both at n = 1024 with the case's heads, head_dim, dtype, causality
+    and parameters."""
     s = replace(shape, seq_len=REL_ERR_N, kv_len=REL_ERR_N, mode="fwd")
     try:
-        g, sh = _cached(spec.name, s) if not params else (
-            relative_error(spec, s, "gaussian", params), relative_error(spec, s, "sharp", params))
+        resolved = spec.resolve_params(params)
+        if registry.registered(spec.name) is spec:
+            g, sh = _cached(spec.name, s, freeze(resolved))
+        else:
+            g, sh = relative_error(spec, s, "gaussian", resolved), relative_error(spec, s, "sharp", resolved)
     except Exception as e:  # noqa: BLE001 - the error figure must not cost the timing row
         return {"rel_err": None, "rel_err_sharp": None, "rel_err_failed": f"{type(e).__name__}: {e}"}
     return {"rel_err": g, "rel_err_sharp": sh}
+

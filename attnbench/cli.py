@@ -1,6 +1,7 @@
 """``python -m attnbench``: one CLI, one subcommand per job (list, run, check, report, compare).
 
 Bad input prints one line naming the value and what is allowed, exits 2, and writes nothing.
+Every subcommand that takes variants reads the same selection syntax (``attnbench.params``).
 """
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # is_available() wi
 
 class UsageError(Exception):
     pass
+
+
+VARIANTS_HELP = ("all | names | bare patterns | globs, comma separated, each with an optional parameter grid in "
+                 "brackets: 'full@*,mqa', 'sliding_window@blocked[window=64,256,1024]', "
+                 "'bigbird[block=32,64,random_blocks=0,3]' (quote it: brackets are shell globs)")
 
 
 class Parser(argparse.ArgumentParser):
@@ -39,7 +45,7 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("run", help="time and memory of variants over a grid of sequence lengths")
     _add_common(p)
-    p.add_argument("--variants", help="all | names | globs, comma separated (e.g. 'full@*,mqa')")
+    p.add_argument("--variants", help=VARIANTS_HELP)
     p.add_argument("--seq-lens", help="A..B (powers of two inclusive) or a list 512,1000,2048")
     p.add_argument("--batch")
     p.add_argument("--heads")
@@ -58,11 +64,14 @@ def build_parser() -> Parser:
     p.add_argument("--threads", help="CPU threads per worker")
     p.add_argument("--seed")
     p.add_argument("--no-check", action="store_true", help="skip the sampled-row check before timing")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="hydra overrides of attnbench/conf/bench.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="hydra overrides of attnbench/conf/bench.yaml, e.g. timing.budget_s=2 or "
+                        "'+params.sliding_window.window=[64,256]' (a parameter grid by pattern or variant)")
 
     p = sub.add_parser("check", help="correctness of variants against the dense reference")
     _add_common(p)
-    p.add_argument("variants", nargs="*", default=["all"], help="names or globs (default: all)")
+    p.add_argument("variants", nargs="*", default=["all"],
+                   help=VARIANTS_HELP + " (default: all; patterns at their defaults and their small check settings)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", action="append", help="dtypes to check (default: float32 and float64 on CPU)")
     p.add_argument("--quick", action="store_true", help="a smaller grid of shapes")
@@ -127,32 +136,33 @@ def run_config(args):
 
 
 def cmd_list(args) -> int:
-    from attnbench.report.console import make_console
     from rich.table import Table
 
+    from attnbench.catalog import all_specs
+    from attnbench.case import Shape
     from attnbench.config import resolve_device
-    from attnbench.registry import Shape, all_specs
+    from attnbench.params import describe
+    from attnbench.report.console import make_console
 
     device = resolve_device(args.device)
     shape = Shape(batch=1, heads=8, kv_heads=8, seq_len=1024, kv_len=1024, head_dim=64,
                   dtype=args.dtype, device=device)
-    specs = [s for s in all_specs()]
     rows = []
-    for s in specs:
+    for s in all_specs():
         d = s.describe()
-        d["available_here"] = not s.not_supported_reasons(shape)
         d["reasons_here"] = s.not_supported_reasons(shape)
-        rows.append(d)
+        d["available_here"] = not d["reasons_here"]
+        rows.append((s, d))
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([d for _, d in rows], indent=2, default=str))
         return 0
     t = Table(title=f"attnbench variants — availability on {device}, {args.dtype}", show_lines=False)
-    for c in ("variant", "family", "exact", "time", "memory", "causal", "kv heads", "here"):
+    for c in ("variant", "family", "exact", "time", "memory", "params (default)", "here"):
         t.add_column(c)
-    for d in rows:
-        here = "yes" if d["available_here"] else f"no: {d['reasons_here'][0][:90]}"
+    for s, d in rows:
+        here = "yes" if d["available_here"] else f"no: {d['reasons_here'][0][:70]}"
         t.add_row(d["name"], d["family"], "yes" if d["exact"] else "approx", d["time"], d["memory"],
-                  "yes" if d["causal"] else "no", "yes" if d["kv_heads"] else "no", here)
+                  describe(s.params), here)
     make_console().print(t)
     return 0
 
@@ -165,65 +175,77 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _rel_err_cell(spec, device: str, dtype: str, status) -> str:
+def _rel_err_cell(spec, device: str, dtype: str, params: dict, status) -> str:
     """rel_err of an approximate variant vs exact softmax at n = 1024 (gaussian / sharp inputs)."""
     from attnbench.approx import REL_ERR_N, rel_errors
-    from attnbench.registry import Shape
+    from attnbench.case import Shape
 
     for causal in (False, True):
         sh = Shape(batch=1, heads=8, kv_heads=8, seq_len=REL_ERR_N, kv_len=REL_ERR_N, head_dim=64,
                    dtype=dtype, device=device, causal=causal)
-        if not spec.not_supported_reasons(sh):
+        if not spec.not_supported_reasons(sh, params):
             status.update(f"{spec.name}: relative error at n={REL_ERR_N} ({'causal' if causal else 'not causal'})")
-            r = rel_errors(spec, sh)
+            r = rel_errors(spec, sh, params)
             if r.get("rel_err") is None:
                 return f"failed: {r.get('rel_err_failed', '?')[:60]}"
             return f"{r['rel_err']:.3g} / {r['rel_err_sharp']:.3g}" + (" (causal)" if causal else "")
     return "n/a here"
 
 
+def _check_one(spec, setting: dict, shapes, grads: bool, status) -> dict:
+    """Counts, worst error ratio and the first problem of one variant at one parameter setting."""
+    from attnbench.check import check_case
+
+    counts = {"ok": 0, "incorrect": 0, "error": 0, "oom": 0, "unsupported": 0}
+    worst, problem = 0.0, ""
+    for sh in shapes:
+        status.update(f"{spec.name} {setting or ''} {sh.dtype} N={sh.seq_len} M={sh.kv_len} causal={sh.causal} "
+                      f"kv_heads={sh.kv_heads}")
+        r = check_case(spec, sh, grads=grads, params=setting)
+        counts[r.status] = counts.get(r.status, 0) + 1
+        worst = max(worst, r.worst_ratio)
+        if r.status in ("incorrect", "error", "oom") and not problem:
+            problem = f"{sh.dtype} N={sh.seq_len} M={sh.kv_len} causal={sh.causal} hkv={sh.kv_heads}: {r.reasons[0][:120]}"
+    return {"counts": counts, "worst": worst, "problem": problem}
+
+
 def cmd_check(args) -> int:
-    from attnbench.report.console import make_console
     from rich.table import Table
 
-    from attnbench.check import check_case, standard_shapes
+    from attnbench.catalog import select
+    from attnbench.check import check_settings, shapes_for, standard_shapes
     from attnbench.config import ConfigError, resolve_device
-    from attnbench.registry import DTYPES, get, names
+    from attnbench.params import label
+    from attnbench.report.console import make_console
+    from attnbench.case import DTYPES
 
     device = resolve_device(args.device)
     for d in args.dtype or []:
         if d not in DTYPES:
             raise ConfigError(f"--dtype {d!r}: allowed: {', '.join(DTYPES)}")
-    chosen = names(args.variants)
+    choices = select(args.variants)
     shapes = standard_shapes(device, tuple(args.dtype) if args.dtype else None, args.quick)
     console = make_console()
     t = Table(title=f"attnbench check on {device}: outputs{'' if args.no_grad else ' and gradients'} vs the fp64 dense "
-                    "reference (approximate variants: vs their own dense definition; rel_err vs exact attention (softmax, or the variant's target) at n=1024)")
+                    "definition (approximate variants: vs their own dense definition; rel_err vs exact attention at n=1024)")
     for c in ("variant", "ok", "incorrect", "error", "unsupported", "worst err / allowed", "rel_err gauss / sharp",
               "first problem"):
         t.add_column(c)
     failed = False
     with console.status("checking ...") as status:
-        for name in chosen:
-            spec = get(name)
-            counts = {"ok": 0, "incorrect": 0, "error": 0, "oom": 0, "unsupported": 0}
-            worst, problem = 0.0, ""
-            for sh in shapes:
-                status.update(f"{name} {sh.dtype} N={sh.seq_len} M={sh.kv_len} causal={sh.causal} kv_heads={sh.kv_heads}")
-                r = check_case(spec, sh, grads=not args.no_grad)
-                counts[r.status] = counts.get(r.status, 0) + 1
-                worst = max(worst, r.worst_ratio)
-                if r.status in ("incorrect", "error", "oom") and not problem:
-                    problem = f"{sh.dtype} N={sh.seq_len} M={sh.kv_len} causal={sh.causal} hkv={sh.kv_heads}: {r.reasons[0][:120]}"
-            rel = "-"
-            if not spec.exact:
-                rel = _rel_err_cell(spec, device, shapes[0].dtype, status)
-                if spec.reference_fn is None:  # nothing of its own to equal: only its error is shown
+        for choice in choices:
+            spec = choice.spec
+            for setting in check_settings(spec, choice.overrides()):
+                name = label(spec.name, setting)
+                rel = "-" if spec.exact else _rel_err_cell(spec, device, shapes[0].dtype, setting, status)
+                if not spec.exact and spec.reference_fn is None:  # nothing of its own to equal
                     t.add_row(name, "-", "-", "-", "-", "-", rel, "approximate, no dense definition of its own")
                     continue
-            failed |= bool(counts["incorrect"] or counts["error"] or counts["oom"])
-            t.add_row(name, str(counts["ok"]), str(counts["incorrect"]), str(counts["error"] + counts["oom"]),
-                      str(counts["unsupported"]), f"{worst:.2f}", rel, problem)
+                r = _check_one(spec, setting, shapes_for(spec, shapes), not args.no_grad, status)
+                c = r["counts"]
+                failed |= bool(c["incorrect"] or c["error"] or c["oom"])
+                t.add_row(name, str(c["ok"]), str(c["incorrect"]), str(c["error"] + c["oom"]), str(c["unsupported"]),
+                          f"{r['worst']:.2f}", rel, r["problem"])
     console.print(t)
     console.print("FAILED: some kernels are incorrect or raised" if failed else "all checked cases within tolerance")
     return 1 if failed else 0
@@ -242,8 +264,10 @@ def cmd_compare(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from attnbench.catalog import load_plugin
     from attnbench.config import ConfigError
-    from attnbench.registry import UnknownVariant, load_plugin
+    from attnbench.params import ParamError
+    from attnbench.registry import UnknownVariant
 
     parser = build_parser()
     try:
@@ -255,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(str(e)) from None
         return {"list": cmd_list, "run": cmd_run, "check": cmd_check, "report": cmd_report,
                 "compare": cmd_compare}[args.cmd](args)
-    except (UsageError, ConfigError, UnknownVariant) as e:
+    except (UsageError, ConfigError, UnknownVariant, ParamError) as e:
         print(f"attnbench: error: {e}", file=sys.stderr)
         return 2
 

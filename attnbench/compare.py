@@ -1,7 +1,8 @@
 """``attnbench compare BASE NEW``: did a kernel get slower (or break) between two runs?
 
-Cases are matched by their full key (``results.KEY_FIELDS``: variant, mode, n, batch, heads,
-K/V heads, head dim, dtype, device, causal). For each matched case:
+Cases are matched by their full key (``schema.KEY_FIELDS``: variant, its parameters, mode, n,
+batch, heads, K/V heads, head dim, dtype, device, causal); rows of older schema versions are
+upgraded first (their parameters gain the declared defaults they lack). For each matched case:
 
 * ``ratio`` = new median / base median.
 * Both ``ok`` with at least ``MIN_SAMPLES`` raw samples (``samples_ms``) on each side: a
@@ -31,7 +32,6 @@ Exit status of :func:`main`: 1 if any case regressed beyond the threshold or bro
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import math
 import sys
@@ -39,15 +39,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
-from attnbench.results import KEY_FIELDS, case_key, read_rows
+from attnbench.params import ParamError, row_filter
+from attnbench.results import read_rows, upgraded
+from attnbench.schema import KEY_FIELDS, case_key, params_key
+from attnbench.vocab import FAILED as FAILURES
+from attnbench.vocab import NOT_RUN
 
 MIN_SAMPLES = 5  # below this, a one-sided rank test cannot reach p < 0.01 (5 vs 5: p >= 1/252)
-FAILURES = ("oom", "timeout", "crash", "error", "incorrect")
-NOT_RUN = ("unsupported", "skipped")
 # Table order: worst first; within a verdict, larger ratio first.
 VERDICT_ORDER = ("broken", "regressed", "same", "improved", "fixed", "failing", "not run",
                  "now runs", "n/a", "new", "gone")
-COLUMNS = (*KEY_FIELDS, "base_status", "new_status", "base_ms", "new_ms", "ratio", "p_value",
+COLUMNS = (*KEY_FIELDS, "param_label", "base_status", "new_status", "base_ms", "new_ms", "ratio", "p_value",
            "p_adj", "test", "base_samples", "new_samples", "verdict", "note")
 THRESHOLD_FORM = "give a percentage such as '5%' or a fraction such as 0.05"
 
@@ -99,9 +101,9 @@ def load_run(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(rows, run.json) of a run directory or a results.jsonl file."""
     f = results_file(path)
     try:
-        rows = read_rows(f)
-    except ValueError as e:
-        raise CompareError(str(e)) from None
+        rows = upgraded(read_rows(f))
+    except ValueError as e:  # a garbled line, or rows of a newer schema than this attnbench
+        raise CompareError(f"{f}: {e}") from None
     if not rows:
         raise CompareError(f"{f}: holds no result rows")
     run_json = f.parent / "run.json"
@@ -109,8 +111,6 @@ def load_run(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         info = json.loads(run_json.read_text()) if run_json.exists() else {}
     except (OSError, json.JSONDecodeError):
         info = {}
-    if info.get("schema_version") is not None:
-        rows = [r if "schema_version" in r else {**r, "schema_version": info["schema_version"]} for r in rows]
     return rows, info
 
 
@@ -204,8 +204,9 @@ def _status_verdict(base: dict | None, new: dict | None) -> dict[str, Any] | Non
     return {"verdict": verdict, "test": "status", "note": _first_reason(new)}
 
 
-def _schema_versions(rows: Iterable[dict]) -> set:
-    return {r.get("schema_version") for r in rows}
+def _field(row: dict, f: str):
+    """A key field's value, hashable (params as canonical JSON text)."""
+    return params_key(row.get(f)) if f == "params" else row.get(f)
 
 
 def _by_key(rows: Iterable[dict]) -> dict[tuple, dict]:
@@ -226,7 +227,7 @@ def describe_keys(rows: list[dict]) -> str:
     """What cases a side holds, field by field: 'variants 3 (full@sdpa, ...), n 512..2048, ...'."""
     parts = []
     for f in KEY_FIELDS:
-        vals = _sorted({r.get(f) for r in rows})
+        vals = _sorted({_field(r, f) for r in rows})
         if f == "seq_len" and all(isinstance(v, int) for v in vals) and len(vals) > 2:
             parts.append(f"n {vals[0]}..{vals[-1]} ({len(vals)} values)")
             continue
@@ -239,7 +240,7 @@ def describe_keys(rows: list[dict]) -> str:
 def _nothing_matched(base_rows: list[dict], new_rows: list[dict]) -> str:
     differ = []
     for f in KEY_FIELDS:
-        b, n = {r.get(f) for r in base_rows}, {r.get(f) for r in new_rows}
+        b, n = {_field(r, f) for r in base_rows}, {_field(r, f) for r in new_rows}
         if not b & n:
             differ.append(f"{f} (base {', '.join(map(str, _sorted(b)[:4]))} vs new "
                           f"{', '.join(map(str, _sorted(n)[:4]))})")
@@ -267,12 +268,6 @@ def compare_runs(base_rows: list[dict], new_rows: list[dict], threshold: float =
     import pandas as pd
 
     threshold, alpha = parse_threshold(threshold), parse_alpha(alpha)
-    sb, sn = _schema_versions(base_rows), _schema_versions(new_rows)
-    if sb != sn:
-        fmt = lambda s: ", ".join(map(str, sorted(s, key=str)))  # noqa: E731
-        raise CompareError(
-            f"schema_version {fmt(sb)} in BASE but {fmt(sn)} in NEW: results written by different "
-            f"attnbench result formats cannot be compared; re-run one side with the same attnbench")
     base, new = _by_key(base_rows), _by_key(new_rows)
     if not base.keys() & new.keys():
         raise CompareError(_nothing_matched(base_rows, new_rows))
@@ -280,6 +275,7 @@ def compare_runs(base_rows: list[dict], new_rows: list[dict], threshold: float =
     for key in list(base) + [k for k in new if k not in base]:
         b, n = base.get(key), new.get(key)
         line: dict[str, Any] = dict(zip(KEY_FIELDS, key))
+        line["param_label"] = ((n or b).get("param_label") or "") if (n or b) else ""
         line.update(base_status=b.get("status") if b else None, new_status=n.get("status") if n else None,
                     base_ms=np.nan, new_ms=np.nan, ratio=np.nan, p_value=np.nan, p_adj=np.nan,
                     base_samples=len(_samples(b)) if b else 0, new_samples=len(_samples(n)) if n else 0)
@@ -373,7 +369,8 @@ def print_comparison(df, threshold: float, alpha: float, console=None, *, base_l
     from attnbench.report.console import make_console
 
     console = console or make_console()
-    varying = [f for f in KEY_FIELDS if f not in ("variant", "mode", "seq_len") and df[f].nunique(dropna=False) > 1]
+    varying = [f for f in KEY_FIELDS if f not in ("variant", "params", "mode", "seq_len")
+               and df[f].nunique(dropna=False) > 1]
     t = Table(title=f"attnbench compare — new / base median time; verdict at {threshold * 100:g}% "
                     f"(one-sided Mann-Whitney U, Holm-adjusted p < {alpha:g}; IQR overlap without samples)")
     for c in ("variant", "mode", "n", *varying):
@@ -391,16 +388,20 @@ def print_comparison(df, threshold: float, alpha: float, console=None, *, base_l
         else:
             p = "-"
         style = _STYLE.get(d["verdict"], "")
-        t.add_row(str(d["variant"]), str(d["mode"]), str(d["seq_len"]), *(str(d[f]) for f in varying),
+        t.add_row(_label(d), str(d["mode"]), str(d["seq_len"]), *(str(d[f]) for f in varying),
                   _ms_cell(d["base_status"], d["base_ms"]), _ms_cell(d["new_status"], d["new_ms"]),
                   ratio, p, f"[{style}]{d['verdict']}[/{style}]" if style else d["verdict"])
     console.print(f"base: {base_label}\nnew:  {new_label}")
     console.print(t)
     for r in df[df["verdict"].isin(["broken", "fixed"])].itertuples(index=False):
-        console.print(f"{r.verdict}: {r.variant} {r.mode} n={r.seq_len}: {r.note}", markup=False,
+        console.print(f"{r.verdict}: {_label(r._asdict())} {r.mode} n={r.seq_len}: {r.note}", markup=False,
                       highlight=False)
     console.print(summary_line(df, threshold), style="bold red" if failed(df) else "bold",
                   markup=False, highlight=False)
+
+
+def _label(d: dict) -> str:
+    return f"{d['variant']}[{d['param_label']}]" if d.get("param_label") else str(d["variant"])
 
 
 # -- CLI -------------------------------------------------------------------------------------
@@ -413,15 +414,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="family-wise significance level of the one-sided rank tests, Holm-adjusted over "
                              "all cases (default 0.01)")
     parser.add_argument("--variants", default=None,
-                        help="only these variants: names or fnmatch globs, comma separated")
+                        help="only these variants: names, globs (a bare pattern: all its kernels), "
+                             "with an optional parameter filter: 'sliding_window@*[window=128]'")
     parser.add_argument("--csv", default=None, metavar="FILE", help="also write the comparison as CSV")
 
 
 def _select(rows: list[dict], selection: str | None) -> list[dict]:
     if not selection:
         return rows
-    pats = [s.strip() for s in selection.split(",") if s.strip()]
-    return [r for r in rows if any(fnmatch.fnmatchcase(str(r.get("variant")), p) for p in pats)]
+    keep = row_filter(selection)
+    return [r for r in rows if keep(str(r.get("variant")), r.get("params"))]
 
 
 def main(args: argparse.Namespace) -> int:
@@ -440,7 +442,7 @@ def main(args: argparse.Namespace) -> int:
                 raise CompareError(f"--variants {selection!r} matches no row of "
                                    f"{'BASE' if not base_rows else 'NEW'}")
         df = compare_runs(base_rows, new_rows, threshold, alpha)
-    except CompareError as e:
+    except (CompareError, ParamError) as e:
         print(f"attnbench: error: {e}", file=sys.stderr)
         return 2
     print_comparison(df, threshold, alpha, make_console(),

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attnbench.registry import DTYPES, MODES
+from attnbench.case import DTYPES
+from attnbench.vocab import MODES
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -47,6 +48,7 @@ def parse_seq_lens(text: Any) -> list[int]:
 
 @dataclass
 class BenchConfig:
+    choices: list  # catalog.Choice: each selected variant with its parameter settings
     variants: list[str]
     seq_lens: list[int]
     batch: int
@@ -114,23 +116,33 @@ def resolve_device(device: str) -> str:
     return d
 
 
-def validate(raw: dict[str, Any]) -> BenchConfig:
-    from attnbench.registry import UnknownVariant, get, names
+def _selection(raw: dict[str, Any]):
+    """(choices, baseline) from --variants / variants= and the params: mapping; one-line errors."""
+    from attnbench.catalog import get, load_plugin, select
+    from attnbench.params import ParamError
+    from attnbench.registry import UnknownVariant
 
     for p in raw.get("plugins") or []:
-        from attnbench.registry import load_plugin
-
         try:
             load_plugin(p)
         except FileNotFoundError as e:
             raise ConfigError(str(e)) from None
+    params = raw.get("params") or {}
+    if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+        raise ConfigError(f"params {params!r}: must map a pattern or variant name to {{parameter: value or list}}, "
+                          f"e.g. params.sliding_window.window=[64,256]")
     try:
-        variants = names(raw["variants"] if isinstance(raw["variants"], str) else list(raw["variants"]))
+        choices = select(raw["variants"] if isinstance(raw["variants"], str) else list(raw["variants"]), params)
         baseline = get(raw["baseline"]).name
+    except ParamError as e:
+        raise ConfigError(f"--variants: {e}") from None
     except UnknownVariant as e:
         msg = str(e)
         raise ConfigError(msg if msg.startswith("--variants") else f"--variants: {msg}") from None
-    seq_lens = parse_seq_lens(raw["seq_lens"])
+    return choices, baseline
+
+
+def _shape_fields(raw: dict[str, Any]) -> dict[str, Any]:
     batch = _int(raw, "batch", "--batch", 1)
     heads = _int(raw, "heads", "--heads", 1)
     head_dim = _int(raw, "head_dim", "--head-dim", 1)
@@ -145,14 +157,17 @@ def validate(raw: dict[str, Any]) -> BenchConfig:
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise ConfigError(f"--mode {modes_raw!r}: allowed: a comma list of {', '.join(MODES)}")
-    device = resolve_device(raw["device"])
+    return dict(batch=batch, heads=heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype, modes=modes)
+
+
+def _run_fields(raw: dict[str, Any], device: str) -> dict[str, Any]:
     threads = raw.get("threads")
     threads = (os.cpu_count() or 1) if threads in (None, "null") else _int(raw, "threads", "--threads", 1)
     timeout = raw["timeout_s"]
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ConfigError(f"--timeout {timeout!r}: must be a positive number of seconds")
     budget = raw.get("mem_budget_gb")
-    if budget is not None and (not isinstance(budget, (int, float)) or budget <= 0):
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
         raise ConfigError(f"--mem-budget-gb {budget!r}: must be a positive number (GB)")
     t = dict(raw["timing"])
     if not (isinstance(t.get("budget_s"), (int, float)) and t["budget_s"] > 0):
@@ -164,12 +179,19 @@ def validate(raw: dict[str, Any]) -> BenchConfig:
     if raw.get("out") and not raw.get("resume") and (Path(raw["out"]) / "results.jsonl").exists():
         raise ConfigError(f"--out {raw['out']}: already holds a run (results.jsonl); "
                           "add --resume to continue it, or choose a new --out")
+    return dict(threads=threads, timeout_s=float(timeout), timing=t,
+                mem_budget_bytes=float(budget) * 1e9 if budget else None)
+
+
+def validate(raw: dict[str, Any]) -> BenchConfig:
+    """Every value checked before anything is written; ConfigError names the value and what is allowed."""
+    choices, baseline = _selection(raw)
+    device = resolve_device(raw["device"])
     return BenchConfig(
-        variants=variants, seq_lens=seq_lens, batch=batch, heads=heads, kv_heads=kv_heads,
-        head_dim=head_dim, dtype=dtype, device=device, causal=bool(raw["causal"]), modes=modes,
+        choices=choices, variants=[c.spec.name for c in choices], seq_lens=parse_seq_lens(raw["seq_lens"]),
+        device=device, causal=bool(raw["causal"]), **_shape_fields(raw), **_run_fields(raw, device),
         out=Path(raw["out"]) if raw.get("out") else None, resume=bool(raw.get("resume")),
-        seed=int(raw["seed"]), threads=threads, timeout_s=float(timeout),
-        mem_budget_bytes=float(budget) * 1e9 if budget else None, check=bool(raw["check"]),
-        memory=bool(raw["memory"]), plugins=list(raw.get("plugins") or []), timing=t,
+        seed=int(raw["seed"]), check=bool(raw["check"]), memory=bool(raw["memory"]),
+        plugins=list(raw.get("plugins") or []),
         scaling_min_seq_len=int(raw["scaling"]["min_seq_len"]), baseline=baseline, raw=raw,
     )

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from attnbench.registry import AttnOutput
+from attnbench.case import AttnOutput
 
 
 def causal_mask(n: int, m: int, device=None, rows: torch.Tensor | None = None) -> torch.Tensor:

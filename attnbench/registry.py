@@ -1,134 +1,40 @@
-"""The variant registry: the single source of truth for every attention operator.
+"""The variant registry: what every attention operator is, declared once. A leaf module: it
+imports the ground floor (case, params, costs, vocab) and no variant. ``attnbench.catalog`` is
+the one loader that fills it (builtins, plugins, entry points); look names up through it.
 
-A variant is named ``pattern@kernel`` (``full@sdpa``, ``mqa@naive``). ``pattern`` alone means
-that pattern's default kernel. The CLI, the tests, the reports and the docs enumerate this
-registry; nothing else keeps a list of variant names.
-
-Capabilities live on the kernel (as in xformers' fmha operators): devices, dtypes, causal,
-K/V-head sharing, backward, optional dependencies. ``not_supported_reasons(shape)`` turns them
-into plain-language reasons; an empty list means the case can run.
+A variant is named ``pattern@kernel`` (``full@sdpa``, ``sliding_window@blocked``). Capabilities
+live on the kernel (as in xformers' fmha operators): devices, dtypes, causal, K/V-head sharing,
+backward, optional dependencies, and its parameters with their defaults (``params``).
+``not_supported_reasons(shape, params)`` turns them into plain-language reasons, every one of
+them at once; an empty list means the case can run.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
-import importlib
 import importlib.util
-import sys
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, Mapping
 
-import numpy as np
-import torch
+from attnbench import params as P
+from attnbench.case import DTYPES, AttnOutput, Shape, Unsupported
+from attnbench.costs import dense_bytes, dense_flops
+from attnbench.tolerance import DEFAULT_TOLERANCES, Tolerance
+from attnbench.vocab import FAMILIES, MODES
 
-FAMILIES = ("dense", "window", "sparse", "lsh", "linear", "kv_share", "memory", "test")
-MODES = ("fwd", "bwd", "fwd+bwd", "decode")
-DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-# Work factors relative to the forward pass (the usual rule: backward ~ 2x forward matmuls).
-MODE_FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5, "decode": 1.0}
+__all__ = ["AttnOutput", "Shape", "Unsupported", "VariantSpec", "UnknownVariant", "DuplicateVariant",
+           "register", "add"]
+
+CostFn = Callable[[Shape, Mapping[str, Any]], float]
 
 
-class AttnOutput(NamedTuple):
-    """What a kernel returns; one meaning per field.
-
-    out:     [B, H, N, D] attention output.
-    weights: [B, H, N, M] attention probabilities, only when asked and the kernel can.
-    lse:     [B, H, N] log-sum-exp of the scaled scores, where the kernel produces it.
-    state:   whatever a stateful variant carries to its next call (memory, running sums).
-    """
-
-    out: torch.Tensor
-    weights: torch.Tensor | None = None
-    lse: torch.Tensor | None = None
-    state: Any = None
+def _dense_flops(shape: Shape, params: Mapping[str, Any]) -> float:
+    return dense_flops(shape)
 
 
-@dataclass(frozen=True)
-class Shape:
-    """One case's problem: q [B, H, N, D], k/v [B, Hkv, M, D]."""
-
-    batch: int
-    heads: int
-    kv_heads: int
-    seq_len: int  # N, queries
-    kv_len: int  # M, keys / values (the KV cache length in decode mode)
-    head_dim: int
-    dtype: str = "float32"
-    device: str = "cpu"
-    causal: bool = False
-    mode: str = "fwd"
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    @property
-    def element_size(self) -> int:
-        return torch.empty((), dtype=self.torch_dtype).element_size()
-
-    @property
-    def needs_grad(self) -> bool:
-        return self.mode in ("bwd", "fwd+bwd")
-
-    def attended_pairs(self) -> int:
-        """(query, key) pairs a dense kernel must score, per batch and head.
-
-        Causal is bottom-right aligned (query i sees keys j <= i + M - N), as in
-        FlashAttention >= 2.1, so a decode query sees its whole cache.
-        """
-        n, m = self.seq_len, self.kv_len
-        if not self.causal:
-            return n * m
-        # row i sees clamp(i + M - N + 1, 0, M) keys
-        return int(np.clip(np.arange(n, dtype=np.int64) + (m - n) + 1, 0, m).sum())
-
-
-def dense_flops(shape: Shape) -> float:
-    """Forward FLOPs of exact attention: QK^T and PV, 2 FLOPs per multiply-add each."""
-    return 4.0 * shape.batch * shape.heads * shape.head_dim * shape.attended_pairs()
-
-
-def dense_bytes(shape: Shape) -> float:
-    """Minimum bytes moved by a fused kernel: read q, k, v and write the output once."""
-    e = shape.element_size
-    q_o = 2 * shape.batch * shape.heads * shape.seq_len * shape.head_dim
-    kv = 2 * shape.batch * shape.kv_heads * shape.kv_len * shape.head_dim
-    return float((q_o + kv) * e)
-
-
-def io_bytes(shape: Shape) -> int:
-    """Bytes of q, k, v and the output: the floor of any kernel's footprint."""
-    return int(dense_bytes(shape))
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Absolute floor added to the FlashAttention rule (error <= 2x torch's own + floor)."""
-
-    atol: float
-    rtol: float = 0.0
-
-
-DEFAULT_TOLERANCES = {
-    "float64": Tolerance(1e-10),
-    "float32": Tolerance(2e-5, rtol=1e-5),
-    "float16": Tolerance(2e-3),
-    "bfloat16": Tolerance(1.6e-2),
-}
-
-
-class Unsupported(Exception):
-    """Raised by a kernel that finds at run time that it cannot run this case.
-
-    The harness turns it into an ``unsupported`` row carrying the message (for example
-    xformers' own dispatch explanation), never into an ``error``.
-    """
+def _dense_bytes(shape: Shape, params: Mapping[str, Any]) -> float:
+    return dense_bytes(shape)
 
 
 @dataclass(frozen=True)
@@ -136,7 +42,9 @@ class VariantSpec:
     """Everything the suite knows about one ``pattern@kernel``.
 
     ``forward(q, k, v, *, causal=False, state=None, need_weights=False, **params)`` takes
-    q [B, H, N, D], k/v [B, Hkv, M, D] and returns an :class:`AttnOutput`.
+    q [B, H, N, D], k/v [B, Hkv, M, D] and returns an :class:`AttnOutput`. ``params`` declares
+    every keyword the kernel takes beyond those, with its default and what is allowed.
+    Cost functions take ``(shape, params)`` with the case's resolved params.
     """
 
     name: str
@@ -146,6 +54,7 @@ class VariantSpec:
     time: str
     memory: str
     doc: str = ""
+    params: dict[str, P.Param] = field(default_factory=dict)
     devices: tuple[str, ...] = ("cpu", "cuda")
     dtypes: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
     causal: bool = True
@@ -154,30 +63,27 @@ class VariantSpec:
     backward: tuple[str, ...] = ("cpu", "cuda")  # devices with a backward pass
     needs: tuple[str, ...] = ()  # optional packages, imported lazily
     tolerances: dict[str, Tolerance] = field(default_factory=dict)
-    defaults: dict[str, Any] = field(default_factory=dict)
     paper: str = ""
     returns_weights: bool = False
     # Fixed K/V-head rule (mqa: 1 head, gqa: heads // 4); None means the case's --kv-heads.
     kv_heads_rule: Callable[[int], int] | None = None
-    flops_fn: Callable[[Shape], float] = dense_flops
-    bytes_fn: Callable[[Shape], float] = dense_bytes
-    # Predicted peak bytes above the inputs for one call, to skip cases that would not fit.
-    memory_fn: Callable[[Shape], float] | None = None
+    flops_fn: CostFn = _dense_flops  # forward FLOPs; the mode factor is applied here
+    bytes_fn: CostFn = _dense_bytes
+    # Predicted peak bytes above the inputs of one call in shape.mode (autograd included for the
+    # backward modes); None: the variant declares it cannot predict its memory.
+    memory_fn: CostFn | None = None
     # Kernel-specific reasons beyond the declared capabilities (an SDPA backend's own checks).
-    extra_reasons: Callable[[Shape], list[str]] | None = None
-    reference: str = "full"  # which definition in attnbench.reference it must equal
+    extra_reasons: Callable[[Shape, Mapping[str, Any]], list[str]] | None = None
+    reference: str = "full"  # which definition it must equal: 'full' or a pattern's name
     # The variant's own dense definition, when it is not softmax attention under a mask
     # (FAVOR+ with its drawn features, LSH with its drawn rotations, Transformer-XL's relative
-    # scores): ``reference_fn(q, k, v, *, causal, rows=None, **params) -> out [B, H, R, D]``
-    # computed at the inputs' dtype with dense tensors (rows: the query rows to return, or all).
-    # check/run compare the kernel with it (outputs and gradients) instead of ``reference``.
-    reference_fn: Callable[..., torch.Tensor] | None = None
+    # scores): ``reference_fn(q, k, v, *, causal, rows=None, **params) -> out [B, H, R, D]``.
+    reference_fn: Callable[..., Any] | None = None
     # What a non-exact variant approximates, for its ``rel_err`` (attnbench.approx):
     # ``target_fn(q, k, v, *, causal, **params) -> out [B, H, N, D]``; None = softmax attention.
-    target_fn: Callable[..., torch.Tensor] | None = None
+    target_fn: Callable[..., Any] | None = None
     # Decode with a running state (linear attention, FAVOR+): ``decode_state(k, v, **params)``
-    # summarizes the first M-1 cached keys; decode mode builds it untimed and times
-    # ``forward(q, k_last, v_last, state=state)`` — O(1) in M per token.
+    # summarizes the first M-1 cached keys; decode mode then times one O(1) step.
     decode_state: Callable[..., Any] | None = None
     default: bool = False  # the kernel that the bare pattern name means
     source: str = "builtin"  # builtin | plugin file | entry point
@@ -189,6 +95,14 @@ class VariantSpec:
     @property
     def kernel(self) -> str:
         return self.name.split("@", 1)[1]
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return {k: p.default for k, p in self.params.items()}
+
+    def resolve_params(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Every declared parameter: the override, else the default; validated (ParamError)."""
+        return P.resolve(self.name, self.params, overrides or {})
 
     def resolve_shape(self, shape: Shape) -> Shape:
         """The shape this variant actually runs: mqa/gqa fix their own K/V heads."""
@@ -202,13 +116,11 @@ class VariantSpec:
     def missing_packages(self) -> list[str]:
         return [p for p in self.needs if importlib.util.find_spec(p) is None]
 
-    def not_supported_reasons(self, shape: Shape) -> list[str]:
-        """Why this variant cannot run ``shape`` here; empty means it can."""
+    def not_supported_reasons(self, shape: Shape, params: Mapping[str, Any] | None = None) -> list[str]:
+        """Why this variant cannot run ``shape`` with ``params`` here; empty means it can."""
         shape = self.resolve_shape(shape)
-        r: list[str] = []
-        for pkg in self.missing_packages():
-            r.append(f"needs the '{pkg}' package (pip install 'attnbench[{pkg}]')")
-        if shape.device not in self.devices:
+        r = [f"needs the '{pkg}' package (pip install 'attnbench[{pkg}]')" for pkg in self.missing_packages()]
+        if shape.device.split(":")[0] not in self.devices:
             r.append(f"device {shape.device} not supported (supports: {', '.join(self.devices)})")
         if shape.dtype not in self.dtypes:
             r.append(f"dtype {shape.dtype} not supported (supports: {', '.join(self.dtypes)})")
@@ -220,152 +132,48 @@ class VariantSpec:
             r.append(f"kv_heads={shape.kv_heads} < heads={shape.heads} (MQA/GQA) not supported")
         if shape.heads % shape.kv_heads:
             r.append(f"heads={shape.heads} is not a multiple of kv_heads={shape.kv_heads}")
-        if shape.needs_grad and shape.device not in self.backward:
+        if shape.needs_grad and shape.device.split(":")[0] not in self.backward:
             r.append(f"no backward pass on {shape.device}")
         if not r and self.extra_reasons is not None:
-            r.extend(self.extra_reasons(shape))
+            r.extend(self.extra_reasons(shape, self._params(params)))
         return r
 
-    def flops(self, shape: Shape) -> float:
+    def _params(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        return self.resolve_params(params) if params is None or set(params) != set(self.params) else dict(params)
+
+    def flops(self, shape: Shape, params: Mapping[str, Any] | None = None) -> float:
         """FLOPs of one call in ``shape.mode`` (backward by the 2.5x / 3.5x rule)."""
         shape = self.resolve_shape(shape)
-        return self.flops_fn(shape) * MODE_FLOP_FACTOR[shape.mode]
+        return self.flops_fn(shape, self._params(params)) * MODES[shape.mode]
 
-    def bytes(self, shape: Shape) -> float:
+    def bytes(self, shape: Shape, params: Mapping[str, Any] | None = None) -> float:
         shape = self.resolve_shape(shape)
-        return self.bytes_fn(shape) * MODE_FLOP_FACTOR[shape.mode]
+        return self.bytes_fn(shape, self._params(params)) * MODES[shape.mode]
 
-    def predicted_peak_bytes(self, shape: Shape) -> float | None:
-        """Predicted peak bytes of one call above the inputs, or None if unknown."""
+    def predicted_peak_bytes(self, shape: Shape, params: Mapping[str, Any] | None = None) -> float | None:
+        """Predicted peak bytes of one call above the inputs in ``shape.mode``, or None."""
         if self.memory_fn is None:
             return None
-        shape = self.resolve_shape(shape)
-        factor = {"fwd": 1.0, "decode": 1.0, "bwd": 2.0, "fwd+bwd": 2.0}[shape.mode]
-        return self.memory_fn(shape) * factor
+        return float(self.memory_fn(self.resolve_shape(shape), self._params(params)))
 
-    def __call__(self, q, k, v, **kw) -> AttnOutput:
-        params = {**self.defaults, **kw}
-        return self.forward(q, k, v, **params)
+    def __call__(self, q, k, v, *, causal: bool = False, state=None, need_weights: bool = False,
+                 **params) -> AttnOutput:
+        """Run the kernel with ``params`` resolved against the declaration (defaults, checks)."""
+        return self.forward(q, k, v, causal=causal, state=state, need_weights=need_weights,
+                            **self.resolve_params(params))
 
     def describe(self) -> dict[str, Any]:
         return {
-            "name": self.name,
-            "pattern": self.pattern,
-            "kernel": self.kernel,
-            "family": self.family,
-            "exact": self.exact,
-            "time": self.time,
-            "memory": self.memory,
-            "devices": list(self.devices),
-            "dtypes": list(self.dtypes),
-            "causal": self.causal,
-            "kv_heads": self.kv_heads,
-            "backward": list(self.backward),
-            "needs": list(self.needs),
-            "defaults": dict(self.defaults),
-            "paper": self.paper,
-            "doc": self.doc,
-            "source": self.source,
+            "name": self.name, "pattern": self.pattern, "kernel": self.kernel, "family": self.family,
+            "exact": self.exact, "time": self.time, "memory": self.memory, "devices": list(self.devices),
+            "dtypes": list(self.dtypes), "causal": self.causal, "kv_heads": self.kv_heads,
+            "backward": list(self.backward), "needs": list(self.needs), "defaults": self.defaults,
+            "params": {k: {"default": p.default, "allowed": p.allowed, "doc": p.doc} for k, p in self.params.items()},
+            "paper": self.paper, "doc": self.doc, "source": self.source,
             "own_reference": self.reference_fn is not None,
             "running_state_decode": self.decode_state is not None,
+            "predicts_memory": self.memory_fn is not None,
         }
-
-
-_REGISTRY: dict[str, VariantSpec] = {}
-_LOADED = False
-_CURRENT_SOURCE = "builtin"
-ENTRY_POINT_GROUP = "attnbench.variants"
-
-
-def register(name: str, **spec_fields: Any) -> Callable[[Callable], Callable]:
-    """Decorator: register ``fn`` as variant ``name`` (``pattern@kernel``).
-
-    >>> @register("mine@blocked", family="window", exact=True, time="O(n w d)", memory="O(n w)")
-    ... def mine(q, k, v, *, causal=False, state=None, need_weights=False):
-    ...     ...
-    """
-
-    def deco(fn: Callable) -> Callable:
-        add(VariantSpec(name=name, forward=fn, **spec_fields))
-        return fn
-
-    return deco
-
-
-def add(spec: VariantSpec) -> VariantSpec:
-    """Register a ready-made spec (the decorator's back end)."""
-    if spec.name.count("@") != 1 or not all(spec.name.split("@")):
-        raise ValueError(f"variant name {spec.name!r} must be 'pattern@kernel'")
-    if spec.family not in FAMILIES:
-        raise ValueError(f"family {spec.family!r} of {spec.name} not in {FAMILIES}")
-    bad = [d for d in spec.dtypes if d not in DTYPES]
-    if bad:
-        raise ValueError(f"dtypes {bad} of {spec.name} not in {list(DTYPES)}")
-    if spec.source == "builtin" and _CURRENT_SOURCE != "builtin":
-        spec = replace(spec, source=_CURRENT_SOURCE)
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def _load_builtin() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    importlib.import_module("attnbench.variants")
-    load_entry_points()
-
-
-def load_entry_points() -> None:
-    """Import third-party kernels declared under the ``attnbench.variants`` entry-point group."""
-    from importlib.metadata import entry_points
-
-    global _CURRENT_SOURCE
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        _CURRENT_SOURCE = f"entry point {ep.name}"
-        try:
-            obj = ep.load()
-            if callable(obj) and not isinstance(obj, type(sys)):
-                obj()  # a register() function rather than a module
-        finally:
-            _CURRENT_SOURCE = "builtin"
-
-
-def load_plugin(path: str | Path) -> None:
-    """Import a Python file whose ``@register`` decorators add variants (``--plugin FILE``)."""
-    global _CURRENT_SOURCE
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"--plugin {path}: no such file (give a path to a .py file)")
-    _load_builtin()
-    mod_name = f"attnbench_plugin_{abs(hash(str(p.resolve())))}"
-    if mod_name in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(mod_name, p)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
-    _CURRENT_SOURCE = f"plugin {p}"
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(mod_name, None)  # a fixed file can be loaded again in this process
-        raise
-    finally:
-        _CURRENT_SOURCE = "builtin"
-
-
-def all_specs() -> list[VariantSpec]:
-    _load_builtin()
-    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
-
-
-def _default_kernel(pattern: str) -> str | None:
-    cands = [s for s in _REGISTRY.values() if s.pattern == pattern]
-    for s in cands:
-        if s.default:
-            return s.name
-    return sorted(cands, key=lambda s: s.name)[0].name if cands else None
 
 
 class UnknownVariant(KeyError):
@@ -373,45 +181,123 @@ class UnknownVariant(KeyError):
         return str(self.args[0])
 
 
-def get(name: str) -> VariantSpec:
+class DuplicateVariant(ValueError):
+    """A second registration of a name, without ``replace=True``."""
+
+
+_REGISTRY: dict[str, VariantSpec] = {}
+_CURRENT_SOURCE = "builtin"
+
+
+@contextlib.contextmanager
+def source(label: str) -> Iterator[None]:
+    """Registrations inside the block are marked as coming from ``label`` (a plugin, an entry point)."""
+    global _CURRENT_SOURCE
+    before, _CURRENT_SOURCE = _CURRENT_SOURCE, label
+    try:
+        yield
+    finally:
+        _CURRENT_SOURCE = before
+
+
+def inferred_params(defaults: Mapping[str, Any]) -> dict[str, P.Param]:
+    """Params for a plugin that gives only ``defaults={...}``: each value's type is what is allowed."""
+    out = {}
+    for k, d in defaults.items():
+        if isinstance(d, bool):
+            out[k] = P.boolean(d)
+        elif isinstance(d, int):
+            out[k] = P.integer(d, minimum=-(2 ** 63))
+        elif isinstance(d, float):
+            out[k] = P.number(d, minimum=float("-inf"))
+        else:
+            out[k] = P.Param(d, f"a value like {d!r}", lambda x: x)
+    return out
+
+
+def register(name: str, *, replace: bool = False, defaults: Mapping[str, Any] | None = None,
+             **spec_fields: Any) -> Callable[[Callable], Callable]:
+    """Decorator: register ``fn`` as variant ``name`` (``pattern@kernel``).
+
+    >>> @register("mine@blocked", family="window", exact=True, time="O(n w d)", memory="O(n w)",
+    ...           params={"window": P.integer(128, minimum=0)})
+    ... def mine(q, k, v, *, causal=False, state=None, need_weights=False, window):
+    ...     ...
+
+    ``defaults={...}`` is shorthand for params whose type is inferred from each default.
+    """
+    if defaults:
+        spec_fields["params"] = {**inferred_params(defaults), **spec_fields.get("params", {})}
+
+    def deco(fn: Callable) -> Callable:
+        add(VariantSpec(name=name, forward=fn, **spec_fields), replace=replace)
+        return fn
+
+    return deco
+
+
+def add(spec: VariantSpec, *, replace: bool = False) -> VariantSpec:
+    """Register a ready-made spec (the decorator's back end). A name that exists already raises
+    :class:`DuplicateVariant` unless ``replace=True``."""
+    if spec.name.count("@") != 1 or not all(spec.name.split("@")):
+        raise ValueError(f"variant name {spec.name!r} must be 'pattern@kernel'")
+    if spec.family not in FAMILIES:
+        raise ValueError(f"family {spec.family!r} of {spec.name} not in {tuple(FAMILIES)}")
+    bad = [d for d in spec.dtypes if d not in DTYPES]
+    if bad:
+        raise ValueError(f"dtypes {bad} of {spec.name} not in {list(DTYPES)}")
+    if spec.name in _REGISTRY and not replace:
+        raise DuplicateVariant(f"variant {spec.name!r} is registered already (by {_REGISTRY[spec.name].source}); "
+                               f"pass replace=True to replace it")
+    if spec.source == "builtin" and _CURRENT_SOURCE != "builtin":
+        spec = dataclass_replace(spec, source=_CURRENT_SOURCE)
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+dataclass_replace = replace  # `replace` is also add()'s keyword
+
+
+def specs() -> list[VariantSpec]:
+    """Every registered spec, sorted by name (what has been loaded so far)."""
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
+
+
+def registered(name: str) -> VariantSpec | None:
+    """The spec registered under exactly ``name``, or None."""
+    return _REGISTRY.get(name)
+
+
+def default_kernel(pattern: str) -> str | None:
+    cands = sorted((s for s in _REGISTRY.values() if s.pattern == pattern), key=lambda s: s.name)
+    for s in cands:
+        if s.default:
+            return s.name
+    return cands[0].name if cands else None
+
+
+def lookup(name: str) -> VariantSpec:
     """The spec for ``pattern@kernel`` or a bare ``pattern`` (its default kernel)."""
-    _load_builtin()
     if name in _REGISTRY:
         return _REGISTRY[name]
     if "@" not in name:
-        d = _default_kernel(name)
+        d = default_kernel(name)
         if d is not None:
             return _REGISTRY[d]
     choices = sorted(_REGISTRY) + sorted({s.pattern for s in _REGISTRY.values()})
     close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
     hint = f" did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise UnknownVariant(
-        f"unknown variant {name!r};{hint} known variants: {', '.join(sorted(_REGISTRY))}"
-    )
+    raise UnknownVariant(f"unknown variant {name!r};{hint} known variants: {', '.join(sorted(_REGISTRY))}")
 
 
-def names(selection: str | list[str] = "all") -> list[str]:
-    """Expand ``all``, comma lists, bare patterns and fnmatch globs to registered names.
-
-    A comma list keeps its order; the names a glob or ``all`` matches come sorted; each name once. Unknown names or globs that
-    match nothing raise :class:`UnknownVariant`.
-    """
-    _load_builtin()
-    items = selection.split(",") if isinstance(selection, str) else list(selection)
-    items = [s.strip() for s in items if s.strip()]
-    if not items:
-        raise UnknownVariant("no variants selected; use 'all', names or globs such as 'full@*'")
-    chosen: list[str] = []
-    for item in items:
-        if item == "all":
-            hits = [n for n in sorted(_REGISTRY) if _REGISTRY[n].family != "test"]
-        elif any(c in item for c in "*?["):
-            hits = [n for n in sorted(_REGISTRY) if fnmatch.fnmatchcase(n, item)]
-            if not hits:
-                raise UnknownVariant(
-                    f"--variants {item!r} matches nothing; known variants: {', '.join(sorted(_REGISTRY))}"
-                )
-        else:
-            hits = [get(item).name]
-        chosen.extend(h for h in hits if h not in chosen)
-    return chosen
+def expand(item: str) -> list[str]:
+    """Registered names for one selector: 'all' (the test family aside), an fnmatch glob (sorted)
+    or a name / bare pattern. Nothing matched raises :class:`UnknownVariant`."""
+    if item == "all":
+        return [n for n in sorted(_REGISTRY) if _REGISTRY[n].family != "test"]
+    if any(c in item for c in "*?["):
+        hits = [n for n in sorted(_REGISTRY) if fnmatch.fnmatchcase(n, item)]
+        if not hits:
+            raise UnknownVariant(f"--variants {item!r} matches nothing; known variants: {', '.join(sorted(_REGISTRY))}")
+        return hits
+    return [lookup(item).name]

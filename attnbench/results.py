@@ -11,24 +11,26 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from attnbench.harness.env import SCHEMA_VERSION
-
-# The key that identifies a case across runs (resume, compare).
-KEY_FIELDS = ("variant", "mode", "seq_len", "batch", "heads", "kv_heads", "head_dim", "dtype",
-              "device", "causal")
-STATUSES = ("ok", "oom", "timeout", "crash", "error", "incorrect", "unsupported", "skipped")
-ROW_FIELDS = (
-    "schema_version", *KEY_FIELDS, "q_len", "kv_len", "pattern", "kernel", "family", "exact",
-    "status", "reasons", "time_ms_median", "time_ms_iqr", "time_ms_min", "repeats",
-    "first_call_ms", "peak_mem_bytes", "io_bytes", "kv_cache_bytes", "predicted_peak_bytes",
-    "flops", "gflops_per_s", "peak_fraction", "max_abs_err", "allowed_err", "rel_err", "rel_err_sharp",
-    "threads", "params",
-    "samples_ms", "case_wall_s",
-)
+from attnbench import schema
 
 
-def case_key(row: dict[str, Any]) -> tuple:
-    return tuple(row.get(f) for f in KEY_FIELDS)
+def declared_defaults() -> dict[str, dict]:
+    """variant -> its declared parameter defaults (for upgrading old rows); {} if the registry
+    cannot load (a report must not depend on every kernel importing)."""
+    try:
+        from attnbench.catalog import all_specs
+
+        return {s.name: s.defaults for s in all_specs()}
+    except Exception:  # noqa: BLE001
+        return {}
+
+
+def upgraded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows in the current schema (older versions gain the fields they lack)."""
+    if all(r.get("schema_version") == schema.SCHEMA_VERSION for r in rows):
+        return [schema.upgrade(r) for r in rows]
+    defaults = declared_defaults()
+    return [schema.upgrade(r, defaults) for r in rows]
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -71,7 +73,7 @@ class ResultsWriter:
         self._f = open(self.path, "a", encoding="utf-8")
 
     def append(self, row: dict[str, Any]) -> None:
-        row = {"schema_version": SCHEMA_VERSION, **row}
+        """``row``: a complete row (``schema.make_row``)."""
         self._f.write(json.dumps(row, default=_jsonable) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
@@ -95,18 +97,6 @@ def write_run_json(out_dir: Path, info: dict[str, Any]) -> None:
     tmp.replace(p)
 
 
-def load_frame(paths: Iterable[Path]):
-    """All rows of one or more result dirs / files as a pandas DataFrame (run.json merged in)."""
-    import pandas as pd
-
-    frames = []
-    for p in map(Path, paths):
-        f = p / "results.jsonl" if p.is_dir() else p
-        rows = read_rows(f)
-        run_json = f.parent / "run.json"
-        run = json.loads(run_json.read_text()) if run_json.exists() else {}
-        df = pd.DataFrame(rows)
-        df["run"] = str(f.parent)
-        df["device_name"] = run.get("device_name")
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+def write_parquet(out_dir: Path) -> Path:
+    """``results.parquet`` of every complete row of ``out_dir/results.jsonl`` (typed columns)."""
+    return schema.to_parquet(upgraded(read_rows(Path(out_dir) / "results.jsonl")), Path(out_dir) / "results.parquet")

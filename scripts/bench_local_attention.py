@@ -31,8 +31,8 @@ import time
 import torch
 
 from attnbench.harness import memory, timing
-from attnbench.harness.execute import make_inputs
-from attnbench.registry import Shape, get
+from attnbench.harness.inputs import make_inputs
+from attnbench import Shape, get
 
 
 def _seq_lens(text: str) -> list[int]:

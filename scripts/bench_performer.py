@@ -48,7 +48,7 @@ import torch
 from attnbench import reference
 from attnbench.approx import inputs
 from attnbench.harness import memory, timing
-from attnbench.registry import Shape
+from attnbench import Shape
 from attnbench.variants.linear import DEFAULT_CHUNK, performer_favor
 
 DEFAULT_OUT = "results/cpu-xeon-2core/performer-vs-performer-pytorch.csv"

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from attnbench import approx
-from attnbench.registry import Shape
+from attnbench import Shape
 from attnbench.variants import lsh as L
 
 DEFAULT_OUT = "results/cpu-xeon-2core/lsh-vs-reformer-pytorch.csv"

@@ -14,8 +14,8 @@ import torch
 from torch.utils.benchmark import Timer
 
 from attnbench.harness import timing
-from attnbench.harness.execute import make_inputs
-from attnbench.registry import Shape, get
+from attnbench.harness.inputs import make_inputs
+from attnbench import Shape, get
 
 
 def main() -> None:

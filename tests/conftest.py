@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from attnbench import registry
+from attnbench import catalog, registry
 
 
 def pytest_collection_modifyitems(config, items):
@@ -24,18 +24,39 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_cuda)
 
 
+class RegistryView:
+    """The registry (add, _REGISTRY, _CURRENT_SOURCE) and its loader (get, names, all_specs,
+    load_plugin, load_entry_points) under one name, for tests that register variants."""
+
+    add = staticmethod(registry.add)
+    get = staticmethod(catalog.get)
+    names = staticmethod(catalog.names)
+    all_specs = staticmethod(catalog.all_specs)
+    load_plugin = staticmethod(catalog.load_plugin)
+    load_entry_points = staticmethod(catalog.load_entry_points)
+    ENTRY_POINT_GROUP = catalog.ENTRY_POINT_GROUP
+
+    @property
+    def _REGISTRY(self):
+        return registry._REGISTRY
+
+    @property
+    def _CURRENT_SOURCE(self):
+        return registry._CURRENT_SOURCE
+
+
 @pytest.fixture
 def clean_registry():
     """Snapshot the registry (and plugin modules); restore it after the test.
 
-    Yields the registry module. Builtins are loaded first, so that the snapshot holds them and
-    the test's own additions are the only difference.
+    Yields a :class:`RegistryView`. Builtins are loaded first, so that the snapshot holds them
+    and the test's own additions are the only difference.
     """
-    registry.all_specs()  # load builtins and installed entry points before the snapshot
+    catalog.all_specs()  # load builtins and installed entry points before the snapshot
     before = dict(registry._REGISTRY)
     modules_before = set(sys.modules)
     try:
-        yield registry
+        yield RegistryView()
     finally:
         registry._REGISTRY.clear()
         registry._REGISTRY.update(before)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from attnbench import compare
-from attnbench.results import KEY_FIELDS, read_rows
+from attnbench.results import read_rows
+from attnbench.schema import KEY_FIELDS
 
 REFERENCE_RUNS = Path(__file__).resolve().parents[1] / "results" / "cpu-xeon-2core"
 
@@ -203,18 +204,31 @@ def _exit2(capsys, *argv) -> str:
     return cap.err
 
 
-def test_schema_mismatch_exit_2(tmp_path, capsys):
+def test_old_schema_rows_match_new_rows(tmp_path, capsys):
+    """Schema 1 rows (no parameters recorded: they ran at the defaults) match schema 2 rows that
+    record the declared defaults: every case is compared, none is 'new' or 'gone'."""
+    from attnbench.catalog import get
+
     b = write_run(tmp_path / "b", synth_run(1))
-    n = write_run(tmp_path / "n", [r | {"schema_version": 2} for r in synth_run(2)])
-    err = _exit2(capsys, b, n)
-    assert "schema_version 1 in BASE but 2 in NEW" in err
+    v2 = [r | {"schema_version": 2, "params": get(r["variant"]).defaults} for r in synth_run(2)]
+    n = write_run(tmp_path / "n", v2)
+    rc = compare.main(cli(b, n))
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "new" not in out.split("same")[-1] and "gone" not in out, out
 
 
-def test_schema_from_run_json_when_rows_lack_it(tmp_path, capsys):
+def test_rows_without_schema_version_are_version_1(tmp_path, capsys):
     b = write_run(tmp_path / "b", [{k: v for k, v in r.items() if k != "schema_version"} for r in synth_run(1)])
-    (b / "run.json").write_text(json.dumps({"schema_version": 3}))
-    err = _exit2(capsys, b, write_run(tmp_path / "n", synth_run(2)))
-    assert "schema_version 3 in BASE but 1 in NEW" in err
+    rc = compare.main(cli(b, write_run(tmp_path / "n", synth_run(2))))
+    assert rc == 0, capsys.readouterr()
+
+
+def test_newer_schema_exit_2(tmp_path, capsys):
+    b = write_run(tmp_path / "b", synth_run(1))
+    n = write_run(tmp_path / "n", [r | {"schema_version": 99} for r in synth_run(2)])
+    err = _exit2(capsys, b, n)
+    assert "schema_version 99 is newer than this attnbench's" in err
 
 
 def test_nothing_matched_exit_2_lists_both_sides(tmp_path, capsys):
@@ -299,7 +313,7 @@ def test_real_kernel_slowdown_flagged_and_a_a_passes():
         t0 = time.perf_counter()
         for _ in range(8):
             for name, fn in (("base", base), ("slowed", slowed), ("again", base)):
-                pooled[name] += measure(fn, budget_s=0.04, warmup_s=0.005, settle_min=10**9).samples_ms
+                pooled[name] += measure(fn, budget_s=0.04, warmup_s=0.005, ci_min=10**9).samples_ms
         assert time.perf_counter() - t0 < 60  # a bound on the test's cost, not a timing claim
     finally:
         torch.set_num_threads(threads)

@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attnbench.results import STATUSES, case_key, read_rows
+from attnbench.results import read_rows
+from attnbench.schema import case_key
+from attnbench.schema import SCHEMA_VERSION
+from attnbench.vocab import STATUSES
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PLUGIN = FIXTURES / "trust_kernels.py"
@@ -364,7 +367,7 @@ def test_measure_respects_min_and_max_repeats():
 
     calls = []
     stats = measure(lambda: calls.append(1), budget_s=10.0, min_repeats=3, max_repeats=7,
-                    warmup_s=0.0, settle_min=1000)
+                    warmup_s=0.0, ci_min=1000)
     assert stats.repeats == 7
     stats = measure(lambda: time.sleep(0.02), budget_s=0.001, min_repeats=4, warmup_s=0.0)
     assert stats.repeats == 4
@@ -378,7 +381,7 @@ def test_run_json_records_the_environment(sweep):
     for key in ("schema_version", "versions", "cpu_model", "git_sha", "git_dirty", "config",
                 "started_at", "gemm_peak_gflops", "torch_version", "device_name"):
         assert key in info, key
-    assert info["schema_version"] == 1
+    assert info["schema_version"] == SCHEMA_VERSION
     assert info["versions"]["torch"] and info["versions"]["python"]
     assert isinstance(info["cpu_model"], str) and info["cpu_model"]
     assert info["git_sha"] is None or (len(info["git_sha"]) == 40 and isinstance(info["git_dirty"], bool))
@@ -524,18 +527,18 @@ def _register_fake_approx(registry, *, broken=False):
 
 def _case(variant, mode="fwd", n=64):
     q_len = 1 if mode == "decode" else n
-    return {"variant": variant, "shape": dict(batch=1, heads=2, kv_heads=2, seq_len=q_len, kv_len=n,
-                                              head_dim=16, mode=mode),
-            "timing": {"budget_s": 0.01, "min_repeats": 3}}
+    return ({"variant": variant, "shape": dict(batch=1, heads=2, kv_heads=2, seq_len=q_len, kv_len=n,
+                                               head_dim=16, mode=mode)},
+            {"timing": {"budget_s": 0.01, "min_repeats": 3}})
 
 
 def test_approximate_row_has_rel_err_and_own_check(clean_registry):
     from attnbench.approx import rel_errors
-    from attnbench.harness.execute import run_case
-    from attnbench.registry import Shape
+    from attnbench.harness.execute import run_json
+    from attnbench import Shape
 
     _register_fake_approx(clean_registry)
-    row = run_case(_case("fakeapprox@k"))
+    row = run_json(*_case("fakeapprox@k"))
     assert row["status"] == "ok", row
     # checked against its own definition (exactly equal), yet its error vs softmax is not small
     assert row["max_abs_err"] <= row["allowed_err"] and row["max_abs_err"] < 1e-5
@@ -545,18 +548,18 @@ def test_approximate_row_has_rel_err_and_own_check(clean_registry):
 
 
 def test_approximate_kernel_off_its_own_definition_is_incorrect(clean_registry):
-    from attnbench.harness.execute import run_case
+    from attnbench.harness.execute import run_json
 
     _register_fake_approx(clean_registry, broken=True)
-    row = run_case(_case("fakeapprox@k"))
+    row = run_json(*_case("fakeapprox@k"))
     assert row["status"] == "incorrect" and "own dense definition" in row["reasons"][0]
 
 
 def test_decode_with_running_state_reads_one_token(clean_registry):
-    from attnbench.harness.execute import run_case
+    from attnbench.harness.execute import run_json
 
     calls = _register_fake_approx(clean_registry)
-    row = run_case(_case("fakeapprox@k", mode="decode", n=100))
+    row = run_json(*_case("fakeapprox@k", mode="decode", n=100))
     assert row["status"] == "ok", row
     assert calls == {"decode_kv_len": 1, "state_len": 99}
 

@@ -18,7 +18,7 @@ import torch
 
 from attnbench import reference
 from attnbench.check import check_case
-from attnbench.registry import AttnOutput, Shape, Unsupported, VariantSpec, get, names
+from attnbench import AttnOutput, Shape, Unsupported, VariantSpec, get, names
 
 HEADS = 8
 KV_HEADS = (HEADS, HEADS // 4, 1)  # MHA, GQA, MQA
@@ -436,7 +436,7 @@ def test_inference_call_then_autograd_call(variant):
     sh = Shape(1, 2, 2, 64, 64, 16, causal=causal)
     if spec.not_supported_reasons(sh):
         pytest.skip("; ".join(spec.not_supported_reasons(sh)))
-    from attnbench.harness.execute import make_inputs
+    from attnbench.harness.inputs import make_inputs
 
     q, k, v = make_inputs(sh, requires_grad=False)
     with torch.inference_mode():

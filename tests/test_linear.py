@@ -19,7 +19,7 @@ import torch
 import attnbench.variants.linear as L  # registers the variants (also imported by attnbench.variants)
 from attnbench import reference
 from attnbench.check import check_case
-from attnbench.registry import Shape, get
+from attnbench import Shape, get
 
 VARIANTS = ("performer@favor", "linear@elu", "linear@relu")
 # (N, M, kv_heads): odd sizes past the default chunk (64) and not multiples of it, cross both
@@ -281,16 +281,16 @@ def test_low_precision_computes_in_fp32(variant, dtype):
 
 # --------------------------------------------------------------------- parameters
 @pytest.mark.parametrize("variant,params,match", [
-    ("performer@favor", {"nb_features": 0}, r"nb_features=0: must be an integer >= 1"),
+    ("performer@favor", {"nb_features": 0}, r"nb_features=0(: must be| is not allowed; allowed:) an integer >= 1"),
     ("performer@favor", {"nb_features": -8}, r"nb_features=-8"),
     ("performer@favor", {"nb_features": 2.5}, r"nb_features=2.5"),
     ("performer@favor", {"nb_features": True}, r"nb_features=True"),
-    ("performer@favor", {"seed": -1}, r"seed=-1: must be an integer >= 0"),
-    ("performer@favor", {"orthogonal": "yes"}, r"orthogonal='yes': must be True"),
-    ("performer@favor", {"chunk": 0}, r"chunk=0: must be an integer >= 1"),
+    ("performer@favor", {"seed": -1}, r"seed=-1(: must be| is not allowed; allowed:) an integer >= 0"),
+    ("performer@favor", {"orthogonal": "yes"}, r"(orthogonal='yes': must be True|orthogonal=yes is not allowed; allowed: true or false)"),
+    ("performer@favor", {"chunk": 0}, r"chunk=0(: must be| is not allowed; allowed:) an integer >= 1"),
     ("performer@favor", {"features": torch.randn(8, 5)}, r"features: must be a tensor \[r, D=16\]"),
     ("linear@elu", {"chunk": -1}, r"chunk=-1"),
-    ("linear@relu", {"eps": -1e-3}, r"eps=-0.001: must be a finite number >= 0"),
+    ("linear@relu", {"eps": -1e-3}, r"eps=-0.001 is not allowed; allowed: a number >= 0"),
     ("linear@relu", {"eps": float("inf")}, r"eps=inf"),
 ])
 def test_bad_params_raise_value_error(variant, params, match):
@@ -341,14 +341,13 @@ def test_cost_model(variant):
 def test_harness_rows_are_ok(variant, mode):
     """run_case checks the kernel against its own definition (decode: the step's output after
     a state of M-1 keys) and reports rel_err against softmax."""
-    from attnbench.harness.execute import run_case
+    from attnbench.harness.execute import run_json
 
     for causal in (False, True):
         n = 1 if mode == "decode" else 70
         case = {"variant": variant, "shape": dict(batch=1, heads=4, kv_heads=2, seq_len=n, kv_len=70,
-                                                   head_dim=16, mode=mode, causal=causal),
-                "timing": {"budget_s": 0.01, "min_repeats": 2}, "memory": False}
-        row = run_case(case)
+                                                   head_dim=16, mode=mode, causal=causal)}
+        row = run_json(case, {"timing": {"budget_s": 0.01, "min_repeats": 2}, "memory": False})
         assert row["status"] == "ok", row
         assert row["max_abs_err"] <= row["allowed_err"]
         assert row["rel_err"] is not None and 0 < row["rel_err"] < 2

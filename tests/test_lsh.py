@@ -18,8 +18,8 @@ import torch
 import attnbench.variants.lsh as L  # registers lsh@shared_qk
 from attnbench.approx import rel_errors
 from attnbench.check import check_case
-from attnbench.harness.execute import make_inputs
-from attnbench.registry import Shape, Unsupported, get
+from attnbench.harness.inputs import make_inputs
+from attnbench import Shape, Unsupported, get
 
 SPEC = get("lsh@shared_qk")
 

@@ -7,17 +7,14 @@ from dataclasses import replace
 
 import pytest
 
-from attnbench import reference, registry
-from attnbench.registry import (
-    MODE_FLOP_FACTOR,
-    AttnOutput,
-    Shape,
-    UnknownVariant,
-    VariantSpec,
-    dense_flops,
-    get,
-    names,
-)
+from attnbench import catalog as registry  # the loader: all_specs, get, names, load_plugin, ...
+from attnbench import reference
+from attnbench.case import DTYPES, AttnOutput, Shape
+from attnbench.catalog import get, names
+from attnbench.costs import dense_flops
+from attnbench.registry import UnknownVariant, VariantSpec
+from attnbench.vocab import FAMILIES
+from attnbench.vocab import MODES as MODE_FLOP_FACTOR
 
 
 def _identity_forward(q, k, v, *, causal=False, state=None, need_weights=False):
@@ -149,9 +146,9 @@ def test_builtin_specs_are_well_formed():
     builtins = [s for s in specs if s.forward.__module__.startswith("attnbench.variants")]
     assert len(builtins) >= 10
     for s in builtins:
-        assert s.family in registry.FAMILIES
+        assert s.family in FAMILIES
         assert s.source == "builtin"
-        assert set(s.dtypes) <= set(registry.DTYPES)
+        assert set(s.dtypes) <= set(DTYPES)
         assert set(s.backward) <= set(s.devices)
         assert s.doc, f"{s.name} has no doc"
         d = s.describe()
@@ -329,7 +326,7 @@ def test_reason_missing_package(clean_registry):
 def test_extra_reasons_only_consulted_when_capabilities_allow(clean_registry):
     calls = []
 
-    def extra(shape):
+    def extra(shape, params):
         calls.append(shape)
         return ["kernel says no"]
 
@@ -359,7 +356,7 @@ def test_xformers_missing_package_reason(monkeypatch):
     def fake_find_spec(name, *a, **kw):
         return None if name == "xformers" else real(name, *a, **kw)
 
-    monkeypatch.setattr(registry.importlib.util, "find_spec", fake_find_spec)
+    monkeypatch.setattr("attnbench.registry.importlib.util.find_spec", fake_find_spec)
     reasons = get("full@xformers").not_supported_reasons(_shape(device="cpu"))
     assert reasons == ["needs the 'xformers' package (pip install 'attnbench[xformers]')"]
 

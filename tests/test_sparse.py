@@ -19,13 +19,14 @@ import itertools
 import pytest
 import torch
 
-from attnbench import blocked, reference
+from attnbench import reference
+from attnbench.engines import blocksparse as blocked
 from attnbench.check import check_case
-from attnbench.harness.execute import make_inputs
+from attnbench.harness.inputs import make_inputs
 from attnbench.patterns import dense_mask, get_pattern
-from attnbench.registry import Shape, get
+from attnbench import Shape, get
 from attnbench.variants import sparse
-from attnbench.variants.sparse import bigbird_layout, block_sparse_layout, global_positions
+from attnbench.patterns.sparse import bigbird_layout, block_sparse_layout, global_positions
 
 HEADS = 8
 KV = (HEADS, HEADS // 4, 1)  # MHA, GQA, MQA
@@ -224,7 +225,8 @@ def test_degenerate_equals_full_attention(kernel, idx):
                                       ((1, 300), False, 2, {})]:
         if kernel == "dense":
             knobs = {}
-        params = {**make(n, m), **knobs}
+        # engine knobs (longformer's block) are the @blocked kernel's own: @dense refuses them
+        params = {k: v for k, v in {**make(n, m), **knobs}.items() if k in spec.params}
         shape = _shape(n, m, causal, kv, "float64")
         pattern = get_pattern(name)
         assert bool(dense_mask(pattern, n, m, {**pattern.defaults, **params}).all()), "not degenerate"
@@ -315,11 +317,11 @@ def test_plan_paths_at_benchmark_shape():
     global queries are dense rows; BigBird's global blocks are dense rows and every other query
     block reads exactly its 8 blocks."""
     n = 4096
-    lf = sparse._plan("longformer", n, n, False, {})
+    lf = sparse.plan("longformer", n, n, False, {})
     d = lf.describe()
     assert d["band_blocks"] >= n // 64 - 8 and d["dense_rows"] >= 16
     assert d["pairs_per_query"] < 2 * 256 + 64 + 16 + 64  # band + extras + a little waste
-    bb = sparse._plan("bigbird", n, n, False, {})
+    bb = sparse.plan("bigbird", n, n, False, {})
     d = bb.describe()
     assert d["dense_rows"] == 2 * 64 and d["max_slots"] == 8
     assert all(c.cols == 8 * 64 for c in bb.light)
@@ -331,14 +333,14 @@ def test_decode_touches_only_its_window():
     """One query against n keys reads O(w) keys, whatever n (unless the query is global)."""
     costs = []
     for n in (1024, 4096, 16384):
-        plan = sparse._plan("longformer", 1, n, True, {})
+        plan = sparse.plan("longformer", 1, n, True, {})
         assert not plan.dense and len(plan.light) == 1
         keys = plan.light[0].kidx.flatten()
         window = keys[keys >= 16]
         assert int(window.min()) >= n - 1 - 256 - 64  # within one block of the window
         costs.append(plan.pairs)
     assert costs[0] == costs[1] == costs[2] <= 5 * 64 + 16
-    plan = sparse._plan("longformer", 1, 4096, True, dict(global_tokens=[4095]))
+    plan = sparse.plan("longformer", 1, 4096, True, dict(global_tokens=[4095]))
     assert plan.pairs == 4096  # a global query attends everywhere: one dense row
 
 
@@ -348,7 +350,7 @@ def test_flops_are_computed_pairs_and_linear():
         f = []
         for n in (2048, 4096, 8192):
             s = Shape(batch=1, heads=8, kv_heads=8, seq_len=n, kv_len=n, head_dim=64)
-            plan = sparse._plan(name, n, n, False, {})
+            plan = sparse.plan(name, n, n, False, {})
             assert spec.flops(s) == 4.0 * 64 * 8 * plan.pairs
             assert plan.pairs <= n * 2 * 640 + 128 * n  # O(n w) (+ BigBird's global rows)
             assert spec.predicted_peak_bytes(s) < 40 * n * 8 * 64 * 4  # O(n d)
@@ -363,7 +365,9 @@ def test_registry_entries():
         spec = get(f"{name}@blocked")
         assert get(name) is spec  # the pattern's default kernel
         assert spec.family == "sparse" and spec.exact and spec.reference == name
-        assert spec.defaults == pattern.defaults
+        # the pattern's parameters with its defaults, plus the engine's knobs
+        assert {k: spec.defaults[k] for k in pattern.defaults} == pattern.defaults
+        assert set(spec.defaults) - set(pattern.defaults) <= {"dense", "band", "score_bytes", "block"}
         assert spec.not_supported_reasons(_shape(91, 37, False, 1, "float32"))  # N > M: a reason
         assert not spec.not_supported_reasons(_shape(37, 91, True, 1, "float32"))
         s = Shape(batch=1, heads=8, kv_heads=8, seq_len=1, kv_len=4096, head_dim=64, mode="decode")
@@ -379,7 +383,7 @@ def test_global_positions():
 
 @pytest.mark.parametrize("nbk, want", [(1, 1), (4, 2), (32, 6), (256, 16)])
 def test_auto_stride_is_sqrt_of_key_blocks(nbk, want):
-    from attnbench.variants.sparse import block_stride
+    from attnbench.patterns.sparse import block_stride
 
     assert block_stride("auto", nbk) == want
     lay = block_sparse_layout(nbk, nbk, dict(layout="strided", stride="auto"))

@@ -28,9 +28,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from attnbench import reference
 from attnbench.check import check_case
-from attnbench.harness.execute import check_rows, make_inputs
+from attnbench.check import check_rows
+from attnbench.harness.inputs import make_inputs
 from attnbench.patterns import dense_mask, get_pattern, pattern_flops
-from attnbench.registry import Shape, Unsupported, get, names
+from attnbench import Shape, Unsupported, get, names
 from attnbench.variants.swin import bias_table, swin_geometry
 
 HEADS = 8

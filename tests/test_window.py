@@ -22,10 +22,11 @@ import torch
 
 from attnbench import reference
 from attnbench.check import check_case
-from attnbench.harness.execute import make_inputs
-from attnbench.patterns import get_pattern, pattern_flops, reference_constraints
-from attnbench.registry import Shape, get
-from attnbench.variants import window as W
+from attnbench.harness.inputs import make_inputs
+from attnbench.check import reference_constraints
+from attnbench.patterns import get_pattern, pattern_flops
+from attnbench import Shape, get
+from attnbench.engines import band as W
 
 PATTERNS = ("sliding_window", "dilated_window", "block_local")
 BLOCKED = [f"{p}@blocked" for p in PATTERNS]

@@ -20,8 +20,8 @@ import torch
 
 import attnbench.variants.xl as xl
 from attnbench.check import check_case
-from attnbench.harness.execute import make_inputs
-from attnbench.registry import Shape, Unsupported
+from attnbench.harness.inputs import make_inputs
+from attnbench import Shape, Unsupported
 
 SPEC = xl.SPEC
 

@@ -7,7 +7,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+from attnbench.schema import SCHEMA_VERSION
+
 PACKAGES = ("torch", "numpy", "pandas", "hydra-core", "xformers", "triton", "attnbench")
 
 

@@ -1,82 +1,48 @@
-"""One benchmark case, run inside a worker process: inputs, check, first call, memory, timing.
+"""One benchmark case, run inside a worker process: inputs, first call, check, timing, memory.
 
 Order per case (DESIGN.md, measurement protocol):
 1. build inputs (seeded) and, for backward modes, the forward graph;
-2. first call, timed apart (compile, autotune, block-mask build);
-3. the first call's output is checked against the reference on a sample of query rows
+2. the first call, timed apart (compile, autotune, block-mask build);
+3. the first call's output is checked against the definition on a sample of query rows
    (rows are independent, so this is cheap at any n) — a mismatch is ``incorrect``;
-4. one call in a memory pass of its own (peak above the baseline once inputs exist);
-5. warm-up and adaptive timed repeats.
+4. one call in a memory pass of its own (peak above the baseline once the inputs exist). Not
+   the first call: that one also holds one-off allocations (lazy initialization, caches) that
+   cost little time, so its time cannot tell when its memory is a steady call's;
+5. warm-up (skipped when the memory pass took longer than it) and timed repeats
+   (``timing.measure``: a confidence rule, a budget).
 """
 from __future__ import annotations
 
 import time
-import traceback
 from typing import Any
 
 import torch
 
-from attnbench import reference
+from attnbench.case import Case, Shape
+from attnbench.check import check_rows
 from attnbench.harness import memory, timing
-from attnbench.registry import Shape, Unsupported, VariantSpec, get
+from attnbench.harness.failures import classify
+from attnbench.harness.inputs import make_inputs
+from attnbench.registry import VariantSpec
 
-OOM_MARKERS = ("out of memory", "can't allocate memory", "DefaultCPUAllocator", "not enough memory")
+def calls(spec: VariantSpec, shape: Shape, q, k, v, params: dict):
+    """(setup output, timed callable) for the case's mode; the callable returns what it made.
 
-
-def make_inputs(shape: Shape, seed: int = 0, requires_grad: bool = False):
-    """Seeded q [B, H, N, D], k, v [B, Hkv, M, D] on the case's device and dtype."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    dt = shape.torch_dtype
-
-    def rnd(*s):
-        t = torch.randn(*s, generator=g, dtype=torch.float32).to(device=shape.device, dtype=dt)
-        return t.requires_grad_(requires_grad)
-
-    q = rnd(shape.batch, shape.heads, shape.seq_len, shape.head_dim)
-    k = rnd(shape.batch, shape.kv_heads, shape.kv_len, shape.head_dim)
-    v = rnd(shape.batch, shape.kv_heads, shape.kv_len, shape.head_dim)
-    return q, k, v
-
-
-def check_rows(spec: VariantSpec, shape: Shape, q, k, v, out: torch.Tensor, n_rows: int = 16,
-               params: dict | None = None) -> dict:
-    """Compare ``out`` with the fp64 reference on sampled query rows.
-
-    Tolerance (FlashAttention's rule): the kernel's error against fp64 may be at most twice
-    that of the reference evaluated at the case's dtype, plus the spec's floor for the dtype.
-    The reference is the spec's: full attention, or its pattern's mask (and bias).
+    ``params`` are the case's resolved params, passed to the kernel as they are.
     """
-    from attnbench.patterns import spec_reference_out
+    def fwd():
+        return spec.forward(q, k, v, causal=shape.causal, **params).out
 
-    rows = reference.sample_rows(shape.seq_len, n_rows, device=q.device)
-    full_params = {**spec.defaults, **(params or {})}
-    with torch.no_grad():
-        qd, kd, vd = q.detach(), k.detach(), v.detach()
-        ref64 = spec_reference_out(spec, shape, qd.double(), kd.double(), vd.double(), full_params, rows)
-        ref_lp = spec_reference_out(spec, shape, qd, kd, vd, full_params, rows)
-        got = out.detach()[:, :, rows].double()
-        err = (got - ref64).abs().max().item() if got.numel() else 0.0
-        err_torch = (ref_lp.double() - ref64).abs().max().item() if got.numel() else 0.0
-        scale = ref64.abs().max().item() if got.numel() else 0.0
-    tol = spec.tolerance(shape.dtype)
-    allowed = 2.0 * err_torch + tol.atol + tol.rtol * scale
-    ok = bool(err <= allowed) and bool(torch.isfinite(got).all())
-    return {"ok": ok, "max_abs_err": err, "allowed_err": allowed, "rows_checked": int(rows.numel())}
-
-
-def _calls(spec: VariantSpec, shape: Shape, q, k, v, params: dict):
-    """(setup output, timed callable) for the case's mode; the callable returns what it made."""
-    fwd = lambda: spec(q, k, v, causal=shape.causal, **params).out  # noqa: E731
     if shape.mode == "decode" and spec.decode_state is not None and k.shape[2] > 1:
         # A running-state decoder: the state of the first M-1 tokens is built untimed; each
         # step reads only the newest token's k, v and the state (O(1) in M).
         with torch.inference_mode():
-            state = spec.decode_state(k[:, :, :-1], v[:, :, :-1], **{**spec.defaults, **params})
+            state = spec.decode_state(k[:, :, :-1], v[:, :, :-1], **params)
         k1, v1 = k[:, :, -1:], v[:, :, -1:]
 
         def step():
             with torch.inference_mode():
-                return spec(q, k1, v1, causal=shape.causal, state=state, **params).out
+                return spec.forward(q, k1, v1, causal=shape.causal, state=state, **params).out
         return None, step
     if shape.mode in ("fwd", "decode"):
         def call():
@@ -88,7 +54,6 @@ def _calls(spec: VariantSpec, shape: Shape, q, k, v, params: dict):
         out = fwd()
         grad = torch.randn_like(out)
         return out, lambda: torch.autograd.grad(out, inputs, grad, retain_graph=True)
-
     grad = None
 
     def call():
@@ -106,71 +71,65 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def classify(exc: BaseException) -> tuple[str, list[str]]:
-    """Map an exception to (status, reasons)."""
-    msg = " ".join(str(exc).split())[:2000]
-    if isinstance(exc, Unsupported):
-        return "unsupported", [msg]
-    if isinstance(exc, MemoryError) or isinstance(exc, getattr(torch, "OutOfMemoryError", ())) \
-            or any(m in msg for m in OOM_MARKERS):
-        return "oom", [f"{type(exc).__name__}: {msg}"]
-    where = traceback.extract_tb(exc.__traceback__)
-    at = f" (at {where[-1].filename}:{where[-1].lineno})" if where else ""
-    return "error", [f"{type(exc).__name__}: {msg}{at}"]
+def _first_call(call, device: str) -> tuple[Any, float]:
+    """(output, ms) of the first call."""
+    t0 = time.perf_counter()
+    out = call()
+    _sync(device)
+    return out, (time.perf_counter() - t0) * 1e3
 
 
-def run_case(case: dict[str, Any]) -> dict[str, Any]:
-    """Execute one case description (see ``attnbench.bench.plan``) and return its result fields."""
-    spec = get(case["variant"])
-    shape = Shape(**case["shape"])
-    params = dict(case.get("params") or {})
+def _check(case: Case, q, k, v, out, res: dict) -> bool:
+    """rel_err for approximate variants; the sampled-row check; False when incorrect."""
+    spec, shape, params = case.spec, case.shape, case.kwargs
+    if not spec.exact:
+        from attnbench.approx import rel_errors
+
+        res.update(rel_errors(spec, shape, params))
+    if not (spec.exact or spec.reference_fn is not None):
+        return True
+    chk = check_rows(spec, shape, q, k, v, out, params=params)
+    res.update(max_abs_err=chk["max_abs_err"], allowed_err=chk["allowed_err"])
+    if chk["ok"]:
+        return True
+    res["status"] = "incorrect"
+    res["reasons"] = [
+        f"max abs error {chk['max_abs_err']:.3g} on {chk['rows_checked']} sampled query rows exceeds the "
+        f"allowed {chk['allowed_err']:.3g} (2x torch's own error at {shape.dtype} + floor)"
+        + (" against the variant's own dense definition" if spec.reference_fn else "")]
+    return False
+
+
+def _memory_and_time(case: Case, call, opts: dict, res: dict) -> None:
+    device, warm_ms = case.shape.device, 0.0
+    if opts.get("memory", True):
+        t0 = time.perf_counter()
+        res.update(peak_mem_bytes=memory.peak_bytes(call, device), mem_source="memory_pass")
+        warm_ms = (time.perf_counter() - t0) * 1e3
+    stats = timing.measure(call, device=device, warm_ms=warm_ms, **opts.get("timing", {}))
+    res.update(time_ms_median=stats.median_ms, time_ms_iqr=stats.iqr_ms, time_ms_min=stats.min_ms,
+               repeats=stats.repeats, time_ci_rel=stats.ci_rel, timing_stop=stats.stop,
+               samples_ms=[round(s, 6) for s in timing.compact_samples(stats.samples_ms)])
+
+
+def run_case(case: Case, opts: dict) -> dict[str, Any]:
+    """Execute ``case`` and return its measured fields. ``opts``: seed, check, memory, timing."""
     res: dict[str, Any] = {"status": "ok", "reasons": []}
     t_case = time.perf_counter()
     try:
-        reasons = spec.not_supported_reasons(shape)
+        reasons = case.reasons()
         if reasons:
             return {"status": "unsupported", "reasons": reasons}
-        torch.manual_seed(case.get("seed", 0))
-        q, k, v = make_inputs(shape, case.get("seed", 0), requires_grad=shape.needs_grad)
-        setup_out, call = _calls(spec, shape, q, k, v, params)
-
-        t0 = time.perf_counter()
-        first = call()
-        _sync(shape.device)
-        res["first_call_ms"] = (time.perf_counter() - t0) * 1e3
-
-        out_to_check = setup_out if setup_out is not None else first
-        if case.get("check", True) and not spec.exact:
-            from attnbench.approx import rel_errors
-
-            res.update(rel_errors(spec, shape, params))
-        if case.get("check", True) and (spec.exact or spec.reference_fn is not None):
-            chk = check_rows(spec, shape, q, k, v, out_to_check, params=params)
-            res.update(max_abs_err=chk["max_abs_err"], allowed_err=chk["allowed_err"])
-            if not chk["ok"]:
-                del first
-                res["status"] = "incorrect"
-                res["reasons"] = [
-                    f"max abs error {chk['max_abs_err']:.3g} on {chk['rows_checked']} sampled query rows "
-                    f"exceeds the allowed {chk['allowed_err']:.3g} (2x torch's own error at {shape.dtype} + floor)"
-                    + (" against the variant's own dense definition" if spec.reference_fn else "")
-                ]
-                return res
+        seed = opts.get("seed", 0)
+        torch.manual_seed(seed)
+        q, k, v = make_inputs(case.shape, seed, requires_grad=case.shape.needs_grad)
+        setup_out, call = calls(case.spec, case.shape, q, k, v, case.kwargs)
+        first, first_ms = _first_call(call, case.shape.device)
+        res["first_call_ms"] = first_ms
+        ok = _check(case, q, k, v, setup_out if setup_out is not None else first, res) if opts.get("check", True) else True
         del first
-
-        warm_ms = 0.0
-        if case.get("memory", True):
-            t0 = time.perf_counter()
-            res["peak_mem_bytes"] = memory.peak_bytes(call, shape.device)
-            warm_ms = (time.perf_counter() - t0) * 1e3
-
-        t = case.get("timing", {})
-        stats = timing.measure(call, device=shape.device, warm_ms=warm_ms, **t)
-        res.update(
-            time_ms_median=stats.median_ms, time_ms_iqr=stats.iqr_ms, time_ms_min=stats.min_ms,
-            repeats=stats.repeats,
-            samples_ms=[round(s, 6) for s in timing.compact_samples(stats.samples_ms)],
-        )
+        if ok:
+            _memory_and_time(case, call, opts, res)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a row
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -178,3 +137,16 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     finally:
         res["case_wall_s"] = time.perf_counter() - t_case
     return res
+
+
+def run_json(case_json: dict, opts: dict) -> dict[str, Any]:
+    """The case a parent sent (``Case.to_json``), rebuilt from the registry and run. An unknown
+    name or parameters the registry refuses (a stale stored case) is the case's row."""
+    from attnbench.catalog import get
+
+    try:
+        case = Case.make(get(case_json["variant"]), Shape(**case_json["shape"]), case_json.get("params"))
+    except Exception as exc:  # noqa: BLE001
+        status, reasons = classify(exc)
+        return {"status": status, "reasons": reasons}
+    return run_case(case, opts)

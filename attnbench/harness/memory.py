@@ -42,30 +42,50 @@ def _trim() -> None:
         pass
 
 
+class Watermark:
+    """Peak memory from now on above now: ``peak()`` after the work.
+
+    CPU: freed heap handed back (``malloc_trim``), the resident size taken as the baseline and
+    the high-water mark reset; ``peak()`` = VmHWM - baseline. CUDA: allocated bytes as the
+    baseline after ``reset_peak_memory_stats``; ``peak()`` = max_memory_allocated - baseline.
+    """
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize(device)
+            self.base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        else:
+            _trim()
+            self.base = rss_bytes()
+            reset_hwm()
+
+    def peak(self) -> int:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize(self.device)
+            return max(0, torch.cuda.max_memory_allocated(self.device) - self.base)
+        return max(0, hwm_bytes() - self.base)
+
+
+def peak_bytes(fn: Callable[[], object], device: str = "cpu") -> int:
+    """Bytes the process grew to during ``fn()`` above its size before it."""
+    mark = Watermark(device)
+    out = fn()
+    peak = mark.peak()
+    del out
+    return peak
+
+
 def cpu_peak_bytes(fn: Callable[[], object]) -> int:
     """Bytes the process's resident set grew to during ``fn()`` above its size before it."""
-    _trim()
-    base = rss_bytes()
-    reset_hwm()
-    out = fn()
-    peak = hwm_bytes()
-    del out
-    return max(0, peak - base)
+    return peak_bytes(fn, "cpu")
 
 
 def cuda_peak_bytes(fn: Callable[[], object], device: str = "cuda") -> int:
     """Allocator bytes at peak during ``fn()`` above those allocated before it (exact)."""
-    import torch
-
-    torch.cuda.synchronize(device)
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    out = fn()
-    torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device)
-    del out
-    return max(0, peak - base)
-
-
-def peak_bytes(fn: Callable[[], object], device: str = "cpu") -> int:
-    return cuda_peak_bytes(fn, device) if device.startswith("cuda") else cpu_peak_bytes(fn)
+    return peak_bytes(fn, device)

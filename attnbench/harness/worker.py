@@ -34,11 +34,10 @@ def main() -> None:
     threads = int(os.environ.get("ATTNBENCH_THREADS", "0"))
     if threads > 0:
         torch.set_num_threads(threads)
-    from attnbench.registry import load_plugin
+    from attnbench.catalog import load_plugin
 
     for p in plugins:
         load_plugin(p)
-    from attnbench.harness.execute import run_case
 
     def send(obj) -> None:
         out.write(json.dumps(obj) + "\n")
@@ -49,7 +48,9 @@ def main() -> None:
         msg = json.loads(line)
         op = msg.get("op")
         if op == "case":
-            send(run_case(msg["case"]))
+            from attnbench.harness.execute import run_json
+
+            send(run_json(msg["case"], msg.get("opts") or {}))
         elif op == "probe":
             from attnbench.harness.env import device_environment
             from attnbench.harness.flops import gemm_peak_gflops

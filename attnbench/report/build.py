@@ -94,7 +94,8 @@ def load(inputs: Sequence[Path]) -> Loaded:
     import pandas as pd
 
     from attnbench.report import tables as T
-    from attnbench.results import KEY_FIELDS, ROW_FIELDS, read_rows
+    from attnbench.results import read_rows, upgraded
+    from attnbench.schema import KEY_FIELDS, NAMES, params_key
 
     if not inputs:
         raise ReportError("RESULTS: give at least one result directory or results.jsonl file")
@@ -115,7 +116,7 @@ def load(inputs: Sequence[Path]) -> Loaded:
     frames = []
     for label, f in files:
         try:
-            rows = read_rows(f)
+            rows = upgraded(read_rows(f))
         except ValueError as e:
             raise ReportError(f"RESULTS {str(f)!r}: {e}") from None
         rj = f.parent / "run.json"
@@ -141,9 +142,11 @@ def load(inputs: Sequence[Path]) -> Loaded:
         raise ReportError("RESULTS " + ", ".join(repr(r.path) for r in runs) +
                           ": no result rows to report (results.jsonl empty); run `python -m attnbench run` first")
     df = pd.concat(frames, ignore_index=True)
-    for c in ROW_FIELDS:
+    for c in NAMES:
         if c not in df.columns:
             df[c] = None
+    df["params_key"] = df["params"].map(params_key)
+    df["param_label"] = df["param_label"].fillna("").astype(str)
     bad = df[~df["status"].isin(["ok", *T.STATUS_MARK])]
     if len(bad):
         raise ReportError(f"RESULTS {bad['run'].iloc[0]!r}: unknown status {bad['status'].iloc[0]!r}; allowed: "
@@ -154,7 +157,7 @@ def load(inputs: Sequence[Path]) -> Loaded:
     for c, fn in (("pattern", lambda v: v.split("@")[0]), ("kernel", lambda v: v.split("@")[-1])):
         df[c] = [p if isinstance(p, str) else fn(v) for p, v in zip(df[c], df["variant"])]
     # the same case measured twice (overlapping runs): the latest run's row wins
-    key = [*KEY_FIELDS, "device_name"]
+    key = [*(f if f != "params" else "params_key" for f in KEY_FIELDS), "device_name"]
     df = df.sort_values(["_started", "_input", "_order"], kind="mergesort").reset_index(drop=True)
     kf = df[key].astype(str)
     dup = kf.duplicated(keep="last")
@@ -180,15 +183,16 @@ def _dedupe_notes(df: pd.DataFrame, kf: pd.DataFrame, dup: pd.Series) -> list[st
 
 
 def _labels(df: pd.DataFrame) -> pd.DataFrame:
-    """Row label per variant; a variant run with several K/V head counts in one group gets them named."""
+    """Row label per variant and parameter setting: ``variant`` or ``variant[k=v]`` with the
+    non-default parameters; a variant run with several K/V head counts in one group gets them named."""
     from attnbench.report import tables as T
 
     gcols = list(T.GROUP_FIELDS)
     df = df.copy()
-    df["label"] = df["variant"].astype(str)
-    nk = df.groupby([*gcols, "variant"], dropna=False)["kv_heads"].transform("nunique")
+    df["label"] = df["variant"].astype(str) + df["param_label"].map(lambda p: f"[{p}]" if p else "")
+    nk = df.groupby([*gcols, "label"], dropna=False)["kv_heads"].transform("nunique")
     amb = (nk > 1) & (df["kv_heads"] != df["heads"])
-    df.loc[amb, "label"] = df.loc[amb, "variant"] + " [kv=" + df.loc[amb, "kv_heads"].astype(int).astype(str) + "]"
+    df.loc[amb, "label"] = df.loc[amb, "label"] + " [kv=" + df.loc[amb, "kv_heads"].astype(int).astype(str) + "]"
     return df
 
 

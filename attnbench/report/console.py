@@ -3,10 +3,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-STATUS_MARK = {
-    "oom": "OOM", "timeout": "TIMEOUT", "crash": "CRASH", "error": "ERROR",
-    "incorrect": "WRONG", "unsupported": "n/a", "skipped": "skip",
-}
+from attnbench.vocab import status_mark
 
 
 def make_console(stderr: bool = False):
@@ -31,11 +28,16 @@ def fmt_bytes(b: float | None) -> str:
 
 def cell(row: dict, base: dict | None) -> str:
     if row["status"] != "ok":
-        return STATUS_MARK.get(row["status"], row["status"])
+        return status_mark(row["status"])
     parts = [fmt_ms(row["time_ms_median"]), fmt_bytes(row.get("peak_mem_bytes"))]
     if base and base.get("status") == "ok" and base is not row:
         parts.append(f"x{base['time_ms_median'] / row['time_ms_median']:.2f}")
     return "\n".join(parts)
+
+
+def row_label(r: dict) -> str:
+    """``variant`` or ``variant[k=v,...]`` with the row's non-default parameters."""
+    return f"{r['variant']}[{r['param_label']}]" if r.get("param_label") else str(r["variant"])
 
 
 def print_summary(rows: list[dict], scaling, *, baseline: str = "full@sdpa", console=None) -> None:
@@ -45,7 +47,7 @@ def print_summary(rows: list[dict], scaling, *, baseline: str = "full@sdpa", con
     console = console or make_console()
     groups: dict[tuple, dict[str, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
-        groups[(r["mode"], r["dtype"], r["device"], r["causal"])][r["variant"]][r["seq_len"]] = r
+        groups[(r["mode"], r["dtype"], r["device"], r["causal"])][row_label(r)][r["seq_len"]] = r
     for (mode, dtype, device, causal), by_var in groups.items():
         ns = sorted({n for d in by_var.values() for n in d})
         t = Table(title=f"{mode} | {dtype} | {device}{' | causal' if causal else ''} — median time / peak memory above inputs / speed-up vs {baseline}",
@@ -58,13 +60,14 @@ def print_summary(rows: list[dict], scaling, *, baseline: str = "full@sdpa", con
         for v in sorted(by_var):
             sl = ""
             if scaling is not None and len(scaling):
-                m = scaling[(scaling["variant"] == v) & (scaling["mode"] == mode) & (scaling["dtype"] == dtype)]
+                labels = scaling["variant"] + scaling["param_label"].map(lambda p: f"[{p}]" if p else "")
+                m = scaling[(labels == v) & (scaling["mode"] == mode) & (scaling["dtype"] == dtype)]
                 if len(m):
                     ts, ms = m.iloc[0]["time_slope"], m.iloc[0]["mem_slope"]
                     sl = f"{ts:.2f} / {ms:.2f}" if ts == ts and ms == ms and ts is not None and ms is not None else ""
             t.add_row(v, *[cell(by_var[v][n], base.get(n)) if n in by_var[v] else "" for n in ns], sl)
         console.print(t)
-    notes = sorted({f"{r['variant']}: {STATUS_MARK.get(r['status'], r['status'])} — {r['reasons'][0][:160]}"
+    notes = sorted({f"{row_label(r)}: {status_mark(r['status'])} — {r['reasons'][0][:160]}"
                     for r in rows if r["status"] != "ok" and r.get("reasons")})
     if notes:
         console.print("[dim]why cases did not run (first reason per variant and status):[/dim]")

@@ -19,20 +19,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-# Short marks for rows that did not produce a number (results.STATUSES, "ok" aside).
-STATUS_MARK = {
-    "oom": "OOM", "timeout": "T/O", "crash": "crash", "error": "err",
-    "incorrect": "wrong", "unsupported": "n/a", "skipped": "skip",
-}
-STATUS_MEANING = {
-    "OOM": "out of memory",
-    "T/O": "timed out (exceeded the per-case wall-clock limit)",
-    "crash": "the worker process died (segfault, illegal memory access, killed)",
-    "err": "the kernel raised an error",
-    "wrong": "output did not match the reference (status incorrect)",
-    "n/a": "unsupported for this device, dtype or shape (reasons in results.jsonl)",
-    "skip": "not attempted: predicted over the memory budget, or larger than an n that already failed",
-}
+from attnbench.scaling import fit_loglog
+from attnbench.vocab import BASE_FAILED, FAMILIES, MODES, STATUSES, VARIANT_FAILED
+
+# Short marks for rows that did not produce a number, and what they mean (vocab.STATUSES).
+STATUS_MARK = {st: mark for st, (mark, _) in STATUSES.items() if st != "ok"}
+STATUS_MEANING = {mark: meaning for st, (mark, meaning) in STATUSES.items() if st != "ok"}
 NOT_MEASURED = "—"  # no row for this (variant, n): outside that run's grid
 NO_BASE = "no base"  # the variant ran but the baseline did not at this n
 NOT_RECORDED = "n/r"  # an ok row without this quantity (e.g. memory pass off)
@@ -43,11 +35,8 @@ EXTRA_MEANING = {
 }
 # Groups of rows: one set of tables and figures per combination of these.
 GROUP_FIELDS = ("device_name", "device", "mode", "dtype", "causal", "batch", "heads", "head_dim")
-MODE_ORDER = ("fwd", "bwd", "fwd+bwd", "decode")
-FAMILY_ORDER = ("dense", "window", "sparse", "lsh", "linear", "kv_share", "memory", "test")
-# Failures that mean "the baseline could not do this n" (the variant wins there).
-BASE_FAILED = ("oom", "timeout", "skipped", "crash")
-VARIANT_FAILED = ("oom", "timeout", "skipped", "crash", "error", "incorrect")
+MODE_ORDER = tuple(MODES)
+FAMILY_ORDER = tuple(FAMILIES)
 MIB = 2.0 ** 20
 
 
@@ -377,25 +366,6 @@ def _reasons_notes(g: pd.DataFrame) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # (5) scaling exponents
 # --------------------------------------------------------------------------------------------
-def fit_loglog(n: Sequence[float], y: Sequence[float]) -> tuple[float, float, int]:
-    """Least-squares slope of log y on log n, its standard error (nan with 2 points), points."""
-    n = np.asarray(n, dtype=float)
-    y = np.asarray(y, dtype=float)
-    ok = np.isfinite(n) & np.isfinite(y) & (y > 0) & (n > 0)
-    x, ly = np.log(n[ok]), np.log(y[ok])
-    k = int(ok.sum())
-    if k < 2 or len(set(x.tolist())) < 2:
-        return float("nan"), float("nan"), k
-    xm = x.mean()
-    sxx = float(((x - xm) ** 2).sum())
-    slope = float(((x - xm) * (ly - ly.mean())).sum() / sxx)
-    if k < 3:
-        return slope, float("nan"), k
-    resid = ly - (ly.mean() + slope * (x - xm))
-    se = math.sqrt(float((resid ** 2).sum()) / (k - 2) / sxx)
-    return slope, se, k
-
-
 def fit_points(v: pd.DataFrame, col: str, min_n: int) -> tuple[pd.DataFrame, str]:
     """ok rows with a positive value; n >= min_n when two distinct such n exist, else all."""
     ok = v[(v["status"] == "ok") & v[col].map(_finite)]
@@ -423,7 +393,7 @@ def scaling_rows(g: pd.DataFrame, baseline: str, min_n: int, declared: dict[str,
             rec.update({f"{key}_exponent": s, f"{key}_exponent_se": se, f"{key}_points": k,
                         f"{key}_n_min": int(pts["seq_len"].min()) if k else None,
                         f"{key}_n_max": int(pts["seq_len"].max()) if k else None, f"{key}_fit": rule})
-        d = declared.get(lab.split(" ")[0], {})
+        d = declared.get(str(v["variant"].iloc[0]), {})
         rec["declared_time"] = d.get("time", "")
         rec["declared_memory"] = d.get("memory", "")
         out.append(rec)

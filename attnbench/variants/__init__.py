@@ -1,4 +1,8 @@
-"""Built-in variants, one module per family. Importing this package registers them all."""
-from attnbench.variants import full, sdpa, flex, mqa, xl, linear, lsh  # noqa: F401
-from attnbench.variants import window, sparse, swin  # noqa: F401  (patterns: @dense/@flex/@sdpa_mask)
-from attnbench.variants import xformers  # noqa: F401  (after window: registers sliding_window/block_local@xformers)
+"""Built-in variants: pattern x engine pairings and the other families, one module each.
+
+Importing this package registers them all (``attnbench.catalog.load`` does, once); the modules
+import what they need and nothing depends on the order below.
+"""
+from attnbench.variants import full, sdpa, mqa, flex, masked  # noqa: F401  dense, kv sharing, generic pattern kernels
+from attnbench.variants import window, sparse, swin, xformers  # noqa: F401  @blocked / @xformers pairings
+from attnbench.variants import linear, lsh, xl  # noqa: F401  approximate and stateful families

@@ -6,12 +6,8 @@ meant to avoid. It is the only built-in kernel that returns attention weights.
 from __future__ import annotations
 
 from attnbench import reference
-from attnbench.registry import AttnOutput, Shape, register
-
-
-def materialized_bytes(shape: Shape) -> float:
-    """Peak above the inputs: scores, their exp and the normalized weights, [B, H, N, M] each."""
-    return 3.0 * shape.batch * shape.heads * shape.seq_len * shape.kv_len * shape.element_size
+from attnbench.costs import materialized_bytes
+from attnbench.registry import AttnOutput, register
 
 
 @register(

@@ -75,8 +75,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from attnbench import params as P
 from attnbench import reference
-from attnbench.registry import AttnOutput, Shape, VariantSpec, add
+from attnbench.case import Shape
+from attnbench.registry import AttnOutput, VariantSpec, add
 
 DEFAULT_FEATURES = 256
 DEFAULT_CHUNK = 64  # 32..64 fastest on a 2-core AVX-512 CPU at r = 256, D = 64
@@ -573,30 +575,44 @@ def _costs(shape: Shape, r: int, chunk: int, projection: bool) -> tuple[float, f
         elems += h * c * (c + r) + 2 * hkv * c * c
         if shape.needs_grad:  # autograd keeps each chunk's incoming state
             elems += -(-n // c) * hkv * r * (d + 1)
+    if shape.needs_grad:  # the saved forward tensors, and about as much again in the backward
+        elems *= 2
     return b * fl, float(b * elems * e)
 
 
-def _favor_flops(shape):
-    return _costs(shape, DEFAULT_FEATURES, DEFAULT_CHUNK, True)[0]
+def _favor_flops(shape, params):
+    return _costs(shape, params["nb_features"], params["chunk"], True)[0]
 
 
-def _favor_mem(shape):
-    return _costs(shape, DEFAULT_FEATURES, DEFAULT_CHUNK, True)[1]
+def _favor_mem(shape, params):
+    return _costs(shape, params["nb_features"], params["chunk"], True)[1]
 
 
-def _phi_flops(shape):
-    return _costs(shape, shape.head_dim, DEFAULT_CHUNK, False)[0]
+def _phi_flops(shape, params):
+    return _costs(shape, shape.head_dim, params["chunk"], False)[0]
 
 
-def _phi_mem(shape):
-    return _costs(shape, shape.head_dim, DEFAULT_CHUNK, False)[1]
+def _phi_mem(shape, params):
+    return _costs(shape, shape.head_dim, params["chunk"], False)[1]
 
 
+CHUNK = P.integer(DEFAULT_CHUNK, minimum=1, doc="queries per causal block")
+
+
+def _features(x):
+    if x is not None and not (isinstance(x, torch.Tensor) and x.dim() == 2):
+        raise ValueError
+    return x
 _COMMON = dict(family="linear", exact=False, causal=True, cross=True, kv_heads=True)
 
 PERFORMER = add(VariantSpec(
     name="performer@favor", forward=performer_favor, time="O(n r d)", memory="O(n r)",
-    defaults=dict(nb_features=DEFAULT_FEATURES, seed=0, orthogonal=True, chunk=DEFAULT_CHUNK),
+    params={"nb_features": P.integer(DEFAULT_FEATURES, minimum=1, doc="random features r"),
+            "seed": P.integer(0, minimum=0, doc="seed of the random features"),
+            "orthogonal": P.boolean(True, doc="orthogonal random features (FAVOR+) rather than i.i.d."),
+            "chunk": CHUNK,
+            "features": P.Param(None, "none (drawn from seed) or a [r, D] tensor of random features (Python API)",
+                                _features, doc="explicit random features (a model's buffer)")},
     flops_fn=_favor_flops, memory_fn=_favor_mem, reference_fn=favor_reference,
     decode_state=favor_decode_state, default=True,
     doc="FAVOR+: positive orthogonal random features (r = nb_features) estimating softmax attention; "
@@ -605,14 +621,15 @@ PERFORMER = add(VariantSpec(
 ))
 LINEAR_ELU = add(VariantSpec(
     name="linear@elu", forward=linear_elu, time="O(n d^2)", memory="O(n d)",
-    defaults=dict(chunk=DEFAULT_CHUNK), flops_fn=_phi_flops, memory_fn=_phi_mem,
+    params={"chunk": CHUNK}, flops_fn=_phi_flops, memory_fn=_phi_mem,
     reference_fn=elu_reference, decode_state=elu_decode_state, default=True,
     doc="linear attention with phi(x) = elu(x) + 1; causal by chunked prefix sums, O(1)-per-token decode",
     paper="Katharopoulos et al. 2020, Transformers are RNNs", **_COMMON,
 ))
 LINEAR_RELU = add(VariantSpec(
     name="linear@relu", forward=linear_relu, time="O(n d^2)", memory="O(n d)",
-    defaults=dict(chunk=DEFAULT_CHUNK, eps=RELU_EPS), flops_fn=_phi_flops, memory_fn=_phi_mem,
+    params={"chunk": CHUNK, "eps": P.number(RELU_EPS, minimum=0.0, doc="added to the normalizer")},
+    flops_fn=_phi_flops, memory_fn=_phi_mem,
     reference_fn=relu_reference, decode_state=relu_decode_state,
     doc="linear attention with phi(x) = relu(x), out = A V / (A 1 + eps)",
     paper="Katharopoulos et al. 2020 (relu feature map); Qin et al. 2022, cosFormer (relu kernel)", **_COMMON,

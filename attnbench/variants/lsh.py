@@ -51,7 +51,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from attnbench.registry import AttnOutput, Shape, Tolerance, Unsupported, VariantSpec, add
+from attnbench import params as P
+from attnbench.case import Shape, Unsupported
+from attnbench.registry import AttnOutput, VariantSpec, add
+from attnbench.tolerance import Tolerance
 
 SELF_SCORE = -5e4  # score of a token against itself (reformer-pytorch's TOKEN_SELF_ATTN_VALUE)
 PAPER = "Kitaev, Kaiser, Levskaya 2020, Reformer: The Efficient Transformer"
@@ -218,8 +221,9 @@ def _blocks(bq, kk, vv, qpos, kpos, causal: bool, n: int, padded: bool, *, x0: i
     return o, lse
 
 
-def lsh_shared_qk(q, k, v, *, causal=False, state=None, need_weights=False, bucket_size=64,
-                  n_hashes=4, seed=0, n_buckets=None) -> AttnOutput:
+def lsh_shared_qk(q, k, v, *, causal=False, state=None, need_weights=False,
+                  bucket_size=DEFAULTS["bucket_size"], n_hashes=DEFAULTS["n_hashes"], seed=DEFAULTS["seed"],
+                  n_buckets=DEFAULTS["n_buckets"]) -> AttnOutput:
     """Reformer LSH attention, shared QK (``k`` is ignored: keys are the normalized queries;
     its gradient is 0).
 
@@ -316,8 +320,9 @@ def lsh_shared_qk(q, k, v, *, causal=False, state=None, need_weights=False, buck
 # ---------------------------------------------------------------------------------------------
 # Dense definitions: the same LSH attention without chunking, and its exact target.
 # ---------------------------------------------------------------------------------------------
-def lsh_shared_qk_reference(q, k, v, *, causal=False, rows=None, bucket_size=64, n_hashes=4,
-                            seed=0, n_buckets=None, **_) -> torch.Tensor:
+def lsh_shared_qk_reference(q, k, v, *, causal=False, rows=None, bucket_size=DEFAULTS["bucket_size"],
+                            n_hashes=DEFAULTS["n_hashes"], seed=DEFAULTS["seed"], n_buckets=DEFAULTS["n_buckets"],
+                            **_) -> torch.Tensor:
     """LSH attention from its definition, densely, at the inputs' dtype: [B, H, R, D] for the
     query ``rows`` (all rows if None). ``k`` is ignored (it joins the graph through an empty
     slice so that autograd reports dk = 0 rather than an unused input).
@@ -382,27 +387,26 @@ def shared_qk_attention(q, k, v, *, causal=False, rows=None, **_) -> torch.Tenso
 # ---------------------------------------------------------------------------------------------
 # Cost model (defaults: bucket_size 64, n_hashes 4) and registration.
 # ---------------------------------------------------------------------------------------------
-def _geo(shape: Shape, params: dict | None = None):
-    p = {**DEFAULTS, **(params or {})}
-    c, n_pad, nc, nb = geometry(max(shape.seq_len, 1), p["bucket_size"], p["n_buckets"])
-    return p["n_hashes"], c, n_pad, nb
+def _geo(shape: Shape, params):
+    c, n_pad, nc, nb = geometry(max(shape.seq_len, 1), params["bucket_size"], params["n_buckets"])
+    return params["n_hashes"], c, n_pad, nb
 
 
-def lsh_flops(shape: Shape) -> float:
+def lsh_flops(shape: Shape, params) -> float:
     """Work the kernel does: per round and padded token, 2c scores and 2c value rows
     (4 D FLOPs each pair), plus hashing (2 D n_buckets / 2 per token and round)."""
-    r, c, n_pad, nb = _geo(shape)
+    r, c, n_pad, nb = _geo(shape, params)
     bh = shape.batch * shape.heads
     return float(bh * r * n_pad * (4 * 2 * c * shape.head_dim + shape.head_dim * nb))
 
 
-def lsh_memory(shape: Shape) -> float:
+def lsh_memory(shape: Shape, params) -> float:
     """Predicted peak bytes above the inputs. Forward (no autograd): the sorted per-round
     outputs (R n_pad D), the output and one unsorted round (2 N D), padded q, keys and v
     (3 n_pad D), int64 slot indices (~12 R n_pad) and one tile of blocks. With autograd, also
     the sorted queries, keys and values (5 R n_pad D), the scores and exponentials
-    (2 x R n_pad 2c) and the bool causal mask; the backward makes about as much again."""
-    r, c, n_pad, nb = _geo(shape)
+    (2 x R n_pad 2c) and the bool causal mask, and the backward makes about as much again."""
+    r, c, n_pad, nb = _geo(shape, params)
     e, bh, d = shape.element_size, shape.batch * shape.heads, shape.head_dim
     blocks = r * n_pad * 2 * c  # scores per (batch, head)
     total = bh * (e * (r * n_pad * d + 2 * shape.seq_len * d + 3 * n_pad * d + 2 * r * n_pad)
@@ -410,10 +414,20 @@ def lsh_memory(shape: Shape) -> float:
     total += TILE_BYTES if shape.device == "cpu" else CUDA_TILE_BYTES
     if shape.needs_grad:
         total += bh * (e * (5 * r * n_pad * d + 2 * blocks) + (blocks if shape.causal else 0))
+        total *= 2
     return float(total)
 
 
-def _reasons(shape: Shape) -> list[str]:
+def _n_buckets(x):
+    if x is None:
+        return None
+    v = P.integer(None, minimum=2).convert(x)
+    if v % 2:
+        raise ValueError
+    return v
+
+
+def _reasons(shape: Shape, params) -> list[str]:
     if shape.mode == "decode":
         return ["decode not supported: shared-QK keys are the queries themselves (a step would "
                 "need every cached query and its hashes)"]
@@ -423,7 +437,12 @@ def _reasons(shape: Shape) -> list[str]:
 add(VariantSpec(
     name="lsh@shared_qk", forward=lsh_shared_qk, family="lsh", exact=False,
     time="O(r n (c + n/c) d + r n log n)", memory="O(r n c)",
-    cross=False, kv_heads=True, defaults=dict(DEFAULTS),
+    cross=False, kv_heads=True,
+    params={"bucket_size": P.integer(DEFAULTS["bucket_size"], minimum=1, doc="chunk length c"),
+            "n_hashes": P.integer(DEFAULTS["n_hashes"], minimum=1, doc="hash rounds"),
+            "seed": P.integer(DEFAULTS["seed"], minimum=0, doc="seed of the random rotations"),
+            "n_buckets": P.Param(DEFAULTS["n_buckets"], "none (N / bucket_size rounded up to even) or an even "
+                                 "integer >= 2", _n_buckets, doc="buckets per round")},
     tolerances={"float32": Tolerance(5e-5, rtol=1e-5), "float16": Tolerance(5e-3),
                 "bfloat16": Tolerance(3e-2)},
     flops_fn=lsh_flops, memory_fn=lsh_memory, extra_reasons=_reasons,

@@ -6,14 +6,15 @@ the KV cache (2 B Hkv M D elements) is what each new token must read.
 """
 from __future__ import annotations
 
+from attnbench.costs import fused_bytes, materialized_bytes
 from attnbench.registry import VariantSpec, add
-from attnbench.variants.full import full_naive, materialized_bytes
-from attnbench.variants.sdpa import _forward_auto, _fused_bytes
+from attnbench.variants.full import full_naive
+from attnbench.variants.sdpa import sdpa_forward
 
 _MQA = dict(family="kv_share", exact=True, paper="Shazeer 2019, Fast Transformer Decoding")
 add(VariantSpec(
-    name="mqa@sdpa", forward=_forward_auto, time="O(n^2 d)", memory="O(n d)",
-    kv_heads_rule=lambda h: 1, memory_fn=_fused_bytes, default=True,
+    name="mqa@sdpa", forward=sdpa_forward, time="O(n^2 d)", memory="O(n d)",
+    kv_heads_rule=lambda h: 1, memory_fn=fused_bytes, default=True,
     doc="multi-query attention (1 K/V head) through SDPA, no per-head K/V copies", **_MQA,
 ))
 add(VariantSpec(
@@ -22,8 +23,8 @@ add(VariantSpec(
     doc="multi-query attention (1 K/V head), materialized softmax", **_MQA,
 ))
 add(VariantSpec(
-    name="gqa@sdpa", forward=_forward_auto, time="O(n^2 d)", memory="O(n d)",
-    kv_heads_rule=lambda h: max(1, h // 4), memory_fn=_fused_bytes, default=True,
+    name="gqa@sdpa", forward=sdpa_forward, time="O(n^2 d)", memory="O(n d)",
+    kv_heads_rule=lambda h: max(1, h // 4), memory_fn=fused_bytes, default=True,
     family="kv_share", exact=True,
     doc="grouped-query attention (heads/4 K/V heads) through SDPA",
     paper="Ainslie et al. 2023, GQA",

@@ -17,14 +17,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from attnbench.costs import fused_bytes, materialized_bytes
 from attnbench.reference import causal_mask
-from attnbench.registry import AttnOutput, Shape, Unsupported, add, VariantSpec
-from attnbench.variants.full import materialized_bytes
-
-
-def _fused_bytes(shape: Shape) -> float:
-    """A fused kernel's extra memory: the output plus a per-row log-sum-exp and workspace."""
-    return 2.0 * shape.batch * shape.heads * shape.seq_len * shape.head_dim * shape.element_size
+from attnbench.registry import AttnOutput, Unsupported, VariantSpec, add
 
 
 def sdpa_attention(q, k, v, *, causal=False, backend=None, scale=None) -> torch.Tensor:
@@ -71,16 +66,17 @@ def _pinned(backend):
     return forward
 
 
-def _forward_auto(q, k, v, *, causal=False, state=None, need_weights=False) -> AttnOutput:
+def sdpa_forward(q, k, v, *, causal=False, state=None, need_weights=False) -> AttnOutput:
+    """q [B, H, N, D], k/v [B, Hkv, M, D] -> out [B, H, N, D]; PyTorch picks the backend."""
     return AttnOutput(out=sdpa_attention(q, k, v, causal=causal))
 
 
 _B = torch.nn.attention.SDPBackend
 add(VariantSpec(
-    name="full@sdpa", forward=_forward_auto, family="dense", exact=True,
+    name="full@sdpa", forward=sdpa_forward, family="dense", exact=True,
     time="O(n^2 d)", memory="O(n d)",
     doc="torch scaled_dot_product_attention, backend chosen by PyTorch",
-    memory_fn=_fused_bytes, paper="Dao et al. 2022, FlashAttention (CPU/CUDA fused kernels)",
+    memory_fn=fused_bytes, paper="Dao et al. 2022, FlashAttention (CPU/CUDA fused kernels)",
 ))
 add(VariantSpec(
     name="full@math", forward=_pinned(_B.MATH), family="dense", exact=True,
@@ -92,18 +88,18 @@ add(VariantSpec(
     name="full@flash", forward=_pinned(_B.FLASH_ATTENTION), family="dense", exact=True,
     time="O(n^2 d)", memory="O(n d)",
     doc="SDPA pinned to FLASH_ATTENTION (CPU: flash-style blocked kernel; CUDA: FlashAttention-2)",
-    memory_fn=_fused_bytes, paper="Dao 2023, FlashAttention-2",
+    memory_fn=fused_bytes, paper="Dao 2023, FlashAttention-2",
 ))
 add(VariantSpec(
     name="full@efficient", forward=_pinned(_B.EFFICIENT_ATTENTION), family="dense", exact=True,
     time="O(n^2 d)", memory="O(n d)", devices=("cuda",), backward=("cuda",),
     doc="SDPA pinned to EFFICIENT_ATTENTION (xformers' memory-efficient kernel; CUDA only)",
-    memory_fn=_fused_bytes, paper="Rabe & Staats 2021, Self-attention Does Not Need O(n^2) Memory",
+    memory_fn=fused_bytes, paper="Rabe & Staats 2021, Self-attention Does Not Need O(n^2) Memory",
 ))
 add(VariantSpec(
     name="full@cudnn", forward=_pinned(_B.CUDNN_ATTENTION), family="dense", exact=True,
     time="O(n^2 d)", memory="O(n d)", devices=("cuda",), backward=("cuda",),
     dtypes=("bfloat16", "float16"),
     doc="SDPA pinned to CUDNN_ATTENTION (cuDNN fused attention; CUDA only, half precision)",
-    memory_fn=_fused_bytes,
+    memory_fn=fused_bytes,
 ))

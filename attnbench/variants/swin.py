@@ -1,25 +1,9 @@
-"""Swin Transformer (shifted) window attention on an H x W token grid.
+"""swin@blocked: Swin's (shifted) windows as a batch of small dense attentions, O(n M^2 d).
 
-Definition. Tokens are in raster order on an H x W grid (``grid``, default: the most nearly
-square factorization of n). The grid is padded at the bottom/right to multiples of the window
-M (padded tokens are never attended: we mask them, where the reference implementation lets
-queries attend to zero-padded tokens), then, with ``shift``, cyclically shifted by
-s = floor(M/2). Two tokens may attend to each other iff they fall in the same M x M window of
-the shifted, padded grid and in the same region of Swin's attention mask (regions [0, Hp-M),
-[Hp-M, Hp-s), [Hp-s, Hp) per axis, labelled before the roll), so tokens that the roll brought
-together from opposite edges never attend to each other. As in Swin (``SwinTransformerBlock``:
-``if min(input_resolution) <= window_size``), when the grid's shorter side is at most M the
-window shrinks to that side and there is no shift: one window for a square grid, min(H, W)
-windows for an elongated one (a 1 x n grid, e.g. a prime n, gets M = 1). A learned
-relative-position bias table [(2M-1)^2, heads] is added to the scores (here drawn from
-``seed`` with std ``bias_std``, so kernels and reference share it).
-
-The mask and bias read two per-token tables (window-and-region group, position in the window)
-instead of recomputing coordinates per pair: same definition, 4x faster under FlexAttention on
-CPU, where integer div/mod per score dominated.
-
-Kernels: @dense / @flex / @sdpa_mask from the mask and bias functions (``variants/masked.py``),
-and ``swin@blocked`` below: the windows as a batch of M^2 x M^2 dense attentions, O(n M^2 d).
+The pattern (grid, window, shift, regions, relative-position bias) is defined in
+``attnbench/patterns/swin.py``; this kernel gathers every token into its window slot with one
+index map (grid reshape, pad to multiples of M, roll by -s, window partition), attends inside
+each M x M window with the bias and Swin's region mask, and gathers back. Never n x n.
 """
 from __future__ import annotations
 
@@ -28,106 +12,18 @@ import math
 
 import torch
 
-from attnbench.patterns import Pattern, _freeze, grid_for
-from attnbench.registry import AttnOutput, Shape, Unsupported, VariantSpec, add
-from attnbench.variants.masked import register_pattern
-from attnbench.variants.window import _normal_tensors
-
-
-def swin_geometry(n: int, params) -> dict:
-    """Grid, window, shift and padded sizes for n tokens."""
-    h, w = grid_for(n, params)
-    win = int(params["window"])
-    if win < 1:
-        raise ValueError(f"swin window must be >= 1, got {win}")
-    if min(h, w) <= win:  # official Swin: the window shrinks to the shorter side, no shift
-        win, shift = min(h, w), 0
-    else:
-        shift = win // 2 if params.get("shift", True) else 0
-    hp, wp = -(-h // win) * win, -(-w // win) * win
-    return {"h": h, "w": w, "win": win, "shift": shift, "hp": hp, "wp": wp}
-
-
-def shifted_coords(t: torch.Tensor, g: dict):
-    """Token index -> (row, col) in the padded grid after the cyclic shift by -shift."""
-    r, c = t // g["w"], t % g["w"]
-    return (r - g["shift"]) % g["hp"], (c - g["shift"]) % g["wp"]
-
-
-def _region(x: torch.Tensor, size: int, win: int, shift: int) -> torch.Tensor:
-    if shift == 0:
-        return torch.zeros_like(x)
-    return (x >= size - win).long() + (x >= size - shift).long()
-
-
-@_normal_tensors  # cached tensors must not be inference tensors (a later autograd call reuses them)
-@functools.lru_cache(maxsize=64)
-def token_tables(n: int, frozen_params: tuple, device: str) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Per-token lookups that the mask and the bias read (cheap for FlexAttention's mods).
-
-    ``group`` [n]: window of the shifted padded grid * 9 + Swin region label (row label * 3 +
-    column label): two tokens may attend iff their groups are equal.
-    ``pos`` [n]: (row % M) * (2M - 1) + col % M inside its window, so that
-    ``pos[q] - pos[k] + offset`` is Swin's relative_position_index (dr + M-1) * (2M-1) + dc + M-1
-    for a pair in one window (and, for any pair, an index inside the (2M-1)^2 table).
-    """
-    g = swin_geometry(n, dict(frozen_params))
-    win, sh = g["win"], g["shift"]
-    r, c = shifted_coords(torch.arange(n, device=device), g)
-    window = (r // win) * (g["wp"] // win) + c // win
-    group = window * 9 + _region(r, g["hp"], win, sh) * 3 + _region(c, g["wp"], win, sh)
-    pos = (r % win) * (2 * win - 1) + c % win
-    return group, pos, (win - 1) * (2 * win - 1) + (win - 1)
-
-
-def _tables(n, params, device):
-    return token_tables(n, _freeze(params), str(torch.device(device) if device is not None else "cpu"))
-
-
-def _swin_mask(n, m, params, device):
-    group, _, _ = _tables(n, params, device)
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        return group[q_idx] == group[kv_idx]
-
-    return mask_mod
-
-
-@_normal_tensors  # cached tensors must not be inference tensors (a later autograd call reuses them)
-@functools.lru_cache(maxsize=32)
-def bias_table(heads: int, win: int, seed: int, std: float, device: str, dtype: torch.dtype) -> torch.Tensor:
-    """[heads, (2M-1)^2] relative-position bias (a learned parameter in a model)."""
-    gen = torch.Generator().manual_seed(seed)
-    t = torch.randn(heads, (2 * win - 1) ** 2, generator=gen, dtype=torch.float64) * std
-    return t.to(device=device, dtype=dtype)
-
-
-def _swin_bias(n, m, heads, params, device, dtype):
-    g = swin_geometry(n, params)
-    table = bias_table(heads, g["win"], int(params["seed"]), float(params["bias_std"]), str(device), dtype)
-    _, pos, offset = _tables(n, params, device)
-
-    def score_mod(score, b, h, q_idx, kv_idx):
-        return score + table[h, pos[q_idx] - pos[kv_idx] + offset]
-
-    def dense_bias(rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        return table[:, pos[rows][:, None] - pos[keys][None, :] + offset]  # [H, R, M]
-
-    return score_mod, dense_bias
-
-
-SWIN = register_pattern(Pattern(
-    name="swin", family="window", make_mask=_swin_mask, make_bias=_swin_bias, causal=False, grid=True,
-    defaults={"window": 8, "shift": True, "grid": None, "seed": 0, "bias_std": 0.02},
-    doc="Swin (shifted) M x M windows on an H x W grid with relative-position bias",
-    paper="Liu et al. 2021, Swin Transformer",
-))
+from attnbench.cache import normal_tensors
+from attnbench.case import Shape, Unsupported
+from attnbench.patterns import SWIN
+from attnbench.patterns.swin import bias_table, region, swin_geometry
+from attnbench.registry import AttnOutput, VariantSpec, add
+from attnbench.variants.masked import pattern_kernel_fields, pattern_reasons
 
 
 # ---------------------------------------------------------------------------------------------
 # swin@blocked: the windows as a batch of small dense attentions, O(n M^2 d), never n x n.
 # ---------------------------------------------------------------------------------------------
-@_normal_tensors  # cached tensors must not be inference tensors (a later autograd call reuses them)
+@normal_tensors  # cached tensors must not be inference tensors (a later autograd call reuses them)
 @functools.lru_cache(maxsize=64)
 def _window_plan(n: int, h: int, w: int, win: int, shift: int, hp: int, wp: int, device: str):
     """Index maps and the region mask for one geometry (cached: they depend on shape only).
@@ -152,7 +48,7 @@ def _window_plan(n: int, h: int, w: int, win: int, shift: int, hp: int, wp: int,
     r, c = (R + shift) % hp, (C + shift) % wp
     real = (r < h) & (c < w)
     tok = torch.where(real, r * w + c, torch.zeros_like(r))
-    label = _region(R, hp, win, shift) * 3 + _region(C, wp, win, shift)
+    label = region(R, hp, win, shift) * 3 + region(C, wp, win, shift)
 
     def partition(x):  # [hp, wp] -> [nW, T]
         return x.reshape(hp // win, win, wp // win, win).permute(0, 2, 1, 3).reshape(-1, T)
@@ -196,53 +92,54 @@ def swin_blocked(q, k, v, *, causal=False, state=None, need_weights=False, **par
     src, dst, blocked, rel = _window_plan(n, g["h"], g["w"], win, g["shift"], g["hp"], g["wp"], str(q.device))
     nw = src.numel() // T
     # q: [B, Hkv, G, n, D] -> slots [B, Hkv, nW, G, T, D] -> [B, Hkv, nW, G*T, D]
-    qw = q.reshape(b, hkv, grp, n, d).index_select(3, src).reshape(b, hkv, grp, nw, T, d)
-    qw = qw.transpose(2, 3).reshape(b, hkv, nw, grp * T, d)
-    kw = k.index_select(2, src).reshape(b, hkv, nw, T, d)
-    vw = v.index_select(2, src).reshape(b, hkv, nw, T, d)
+    qw = q.reshape(b, hkv, grp, n, d).index_select(3, src).reshape(b, hkv, grp, nw, T, d)  # [B, Hkv, G, nW, T, D]
+    qw = qw.transpose(2, 3).reshape(b, hkv, nw, grp * T, d)  # [B, Hkv, nW, G*T, D]
+    kw = k.index_select(2, src).reshape(b, hkv, nw, T, d)  # [B, Hkv, nW, T, D]
+    vw = v.index_select(2, src).reshape(b, hkv, nw, T, d)  # [B, Hkv, nW, T, D]
     table = bias_table(heads, win, int(params["seed"]), float(params["bias_std"]), str(q.device), q.dtype)
-    bias = table[:, rel].view(hkv, 1, grp, T, T)  # query head kv * G + g
+    bias = table[:, rel].view(hkv, 1, grp, T, T)  # [Hkv, 1, G, T, T]: query head kv * G + g
     s = torch.matmul(qw, kw.transpose(-1, -2))  # [B, Hkv, nW, G*T, T]
     # bias + scale * scores in one op; the result is no view, so the masked fill can be in place
     # (in place on a view of s would make autograd copy the scores once per op in backward).
-    s = torch.add(bias, s.view(b, hkv, nw, grp, T, T), alpha=1.0 / math.sqrt(d))
+    s = torch.add(bias, s.view(b, hkv, nw, grp, T, T), alpha=1.0 / math.sqrt(d))  # [B, Hkv, nW, G, T, T]
     if blocked is not None:
         s.masked_fill_(blocked, float("-inf"))
-    p = torch.softmax(s, dim=-1).view(b, hkv, nw, grp * T, T)
+    p = torch.softmax(s, dim=-1).view(b, hkv, nw, grp * T, T)  # [B, Hkv, nW, G*T, T]
     del s
     ow = torch.matmul(p, vw)  # [B, Hkv, nW, G*T, D]
     # window reverse + roll back + unpad: token t of head (kv, g) is slot dst[t] of group g
-    ow = ow.reshape(b, hkv, nw, grp, T, d).transpose(2, 3).reshape(b, hkv, grp, nw * T, d)
-    out = ow.index_select(3, dst).reshape(b, heads, n, d)
+    ow = ow.reshape(b, hkv, nw, grp, T, d).transpose(2, 3).reshape(b, hkv, grp, nw * T, d)  # [B, Hkv, G, nW*T, D]
+    out = ow.index_select(3, dst).reshape(b, heads, n, d)  # [B, H, n, D]
     return AttnOutput(out=out)
 
 
-def _padded_positions(shape: Shape) -> tuple[int, int]:
-    g = swin_geometry(shape.seq_len, dict(SWIN.defaults))
+def _padded_positions(shape: Shape, params) -> tuple[int, int]:
+    g = swin_geometry(shape.seq_len, params)
     return g["hp"] * g["wp"], g["win"] * g["win"]
 
 
-def swin_blocked_flops(shape: Shape) -> float:
+def swin_blocked_flops(shape: Shape, params) -> float:
     """FLOPs done: 4 D per computed (query slot, key slot) pair, pad slots included."""
-    slots, t = _padded_positions(shape)
+    slots, t = _padded_positions(shape, params)
     return 4.0 * shape.batch * shape.heads * shape.head_dim * slots * t
 
 
-def swin_blocked_bytes(shape: Shape) -> float:
+def swin_blocked_bytes(shape: Shape, params) -> float:
     """Peak extra bytes: two score-sized buffers (scores, probabilities), the gathered q/k/v,
-    the windowed and final outputs; the cached mask and bias are small."""
-    slots, t = _padded_positions(shape)
+    the windowed and final outputs; the cached mask and bias are small. With autograd the
+    probabilities and gathered tensors are saved and the backward makes about as much again."""
+    slots, t = _padded_positions(shape, params)
     e, bh = shape.element_size, shape.batch * shape.heads
     scores = 2.0 * bh * slots * t * e
     tensors = (2.0 * bh + 2.0 * shape.batch * shape.kv_heads) * slots * shape.head_dim * e
-    return scores + tensors + bh * shape.seq_len * shape.head_dim * e
+    fwd = scores + tensors + bh * shape.seq_len * shape.head_dim * e
+    return 2.0 * fwd if shape.needs_grad else fwd
 
 
 add(VariantSpec(
-    name="swin@blocked", forward=swin_blocked, family="window", exact=True, reference="swin",
-    defaults=dict(SWIN.defaults), causal=False, cross=False, time="O(n M^2 d)", memory="O(n M^2)",
-    flops_fn=swin_blocked_flops, memory_fn=swin_blocked_bytes, default=True,
+    name="swin@blocked", forward=swin_blocked, time="O(n M^2 d)", memory="O(n M^2)", default=True,
+    memory_fn=swin_blocked_bytes, extra_reasons=lambda s, p: pattern_reasons(SWIN, s, p),
     doc="Swin (shifted) M x M windows with relative-position bias; windows gathered into a batch "
         "of M^2 x M^2 dense attentions (pad + roll + partition as one index map), pure PyTorch",
-    paper="Liu et al. 2021, Swin Transformer",
+    **{**pattern_kernel_fields(SWIN), "flops_fn": swin_blocked_flops},
 ))

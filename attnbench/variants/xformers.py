@@ -11,8 +11,11 @@ import re
 
 import torch
 
-from attnbench.registry import AttnOutput, Shape, Unsupported, VariantSpec, add
-from attnbench.variants.sdpa import _fused_bytes
+from attnbench.case import Shape, Unsupported
+from attnbench.costs import fused_bytes
+from attnbench.patterns import BLOCK_LOCAL, SLIDING
+from attnbench.registry import AttnOutput, VariantSpec, add
+from attnbench.variants.masked import pattern_kernel_fields
 
 
 def _to_xformers(q, k, v):
@@ -65,7 +68,7 @@ def xformers_forward(q, k, v, *, causal=False, state=None, need_weights=False) -
     return AttnOutput(out=out.transpose(1, 2))
 
 
-def _xformers_reasons(shape: Shape) -> list[str]:
+def xformers_reasons(shape: Shape, params=None) -> list[str]:
     """xformers' own dispatch verdict for a CPU case (checked on tiny tensors, no CUDA init)."""
     if shape.device != "cpu":
         return []  # decided in the worker, which is allowed to touch CUDA
@@ -82,7 +85,7 @@ def _xformers_reasons(shape: Shape) -> list[str]:
 add(VariantSpec(
     name="full@xformers", forward=xformers_forward, family="dense", exact=True,
     time="O(n^2 d)", memory="O(n d)", needs=("xformers",),
-    extra_reasons=_xformers_reasons, memory_fn=_fused_bytes,
+    extra_reasons=xformers_reasons, memory_fn=fused_bytes,
     doc="xformers.ops.memory_efficient_attention (xformers picks the fmha operator)",
     paper="Lefaudeux et al. 2022, xFormers",
 ))
@@ -127,13 +130,13 @@ def _run_xformers(q, k, v, bias, fold_batch: bool = False):
     return AttnOutput(out=out.reshape(b, n, h, d).transpose(1, 2))
 
 
-def sliding_window_xformers(q, k, v, *, causal=False, state=None, need_weights=False, window=256):
+def sliding_window_xformers(q, k, v, *, causal=False, state=None, need_weights=False, window):
     """q [B, H, N, D], k/v [B, Hkv, M, D] -> [B, H, N, D]; O(N w D) on CUDA."""
     _, fmha = _import_xformers()
     return _run_xformers(q, k, v, sliding_bias(fmha, q.shape[2], k.shape[2], causal, int(window)))
 
 
-def block_local_xformers(q, k, v, *, causal=False, state=None, need_weights=False, block=64, prev=False):
+def block_local_xformers(q, k, v, *, causal=False, state=None, need_weights=False, block, prev):
     """q [B, H, N, D], k/v [B, Hkv, N, D] -> [B, H, N, D]; O(N b D) on CUDA."""
     if prev or q.shape[2] != k.shape[2]:
         raise Unsupported(_block_local_limits(bool(prev), q.shape[2], k.shape[2])[0])
@@ -151,24 +154,13 @@ def _block_local_limits(prev: bool, n: int, m: int) -> list[str]:
     return r
 
 
-def _register_patterns() -> None:
-    from attnbench.patterns import get_pattern, pattern_flops
-
-    for pattern, fwd, extra in (
-        ("sliding_window", sliding_window_xformers, lambda s, p: []),
-        ("block_local", block_local_xformers,
-         lambda s, p: _block_local_limits(bool(p.get("prev")), s.seq_len, s.kv_len)),
-    ):
-        p = get_pattern(pattern)
-        defaults = dict(p.defaults)
-        add(VariantSpec(
-            name=f"{pattern}@xformers", forward=fwd, family=p.family, exact=True,
-            time="O(n w d)", memory="O(n d)", needs=("xformers",), reference=pattern,
-            defaults=defaults, paper=p.paper, memory_fn=_fused_bytes,
-            flops_fn=lambda shape, _n=pattern, _d=defaults: pattern_flops(_n, shape, _d),
-            extra_reasons=lambda s, _x=extra, _d=defaults: _x(s, _d) + _xformers_reasons(s),
-            doc=f"{p.doc}; xformers memory_efficient_attention with its local / block-diagonal bias",
-        ))
-
-
-_register_patterns()
+for _pattern, _fwd, _extra in (
+    (SLIDING, sliding_window_xformers, lambda s, p: []),
+    (BLOCK_LOCAL, block_local_xformers, lambda s, p: _block_local_limits(bool(p["prev"]), s.seq_len, s.kv_len)),
+):
+    add(VariantSpec(
+        name=f"{_pattern.name}@xformers", forward=_fwd, time="O(n w d)", memory="O(n d)", needs=("xformers",),
+        memory_fn=fused_bytes, extra_reasons=lambda s, p, _x=_extra: _x(s, p) + xformers_reasons(s),
+        doc=f"{_pattern.doc}; xformers memory_efficient_attention with its local / block-diagonal bias",
+        **pattern_kernel_fields(_pattern),
+    ))

@@ -52,7 +52,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from attnbench.registry import AttnOutput, Shape, Unsupported, VariantSpec, add
+from attnbench import params as P
+from attnbench.case import Shape, Unsupported
+from attnbench.registry import AttnOutput, VariantSpec, add
 
 DEFAULTS = {"segment_len": 512, "mem_len": 512, "seed": 0, "d_pos": None}
 CHUNK_BYTES = 4 << 20  # bytes of scores per K/V head per chunk of segments (cache-sized)
@@ -452,8 +454,9 @@ def _state_out(mk, mv, k, v, mem_len: int) -> XLMemory:
     return XLMemory(_ext_rows(mk, k.detach(), start, m).clone(), _ext_rows(mv, v.detach(), start, m).clone())
 
 
-def xl_segment(q, k, v, *, causal=True, state=None, need_weights=False, segment_len=512,
-               mem_len=512, seed=0, d_pos=None) -> AttnOutput:
+def xl_segment(q, k, v, *, causal=True, state=None, need_weights=False,
+               segment_len=DEFAULTS["segment_len"], mem_len=DEFAULTS["mem_len"], seed=DEFAULTS["seed"],
+               d_pos=DEFAULTS["d_pos"]) -> AttnOutput:
     """Transformer-XL attention over the sequence in segments with memory.
 
     q [B, H, N, D], k/v [B, Hkv, M, D] (N <= M; query i at key position i + M - N), H a
@@ -498,8 +501,8 @@ def xl_segment(q, k, v, *, causal=True, state=None, need_weights=False, segment_
 # ---------------------------------------------------------------------------------------------
 # Dense reference: straight from the formula, [N, M] scores
 # ---------------------------------------------------------------------------------------------
-def xl_reference(q, k, v, *, causal=True, rows=None, segment_len=512, mem_len=512, seed=0,
-                 d_pos=None, **_) -> torch.Tensor:
+def xl_reference(q, k, v, *, causal=True, rows=None, segment_len=DEFAULTS["segment_len"],
+                 mem_len=DEFAULTS["mem_len"], seed=DEFAULTS["seed"], d_pos=DEFAULTS["d_pos"], **_) -> torch.Tensor:
     """The definition, dense: out [B, H, R, D] for query ``rows`` (all by default).
 
     Query i at t = i + M - N, in segment s = t // L, may read key j iff j <= t and
@@ -542,24 +545,22 @@ def xl_reference(q, k, v, *, causal=True, rows=None, segment_len=512, mem_len=51
 # ---------------------------------------------------------------------------------------------
 # Registration
 # ---------------------------------------------------------------------------------------------
-def _shape_plan(shape: Shape) -> list[_Chunk]:
-    d = DEFAULTS
+def _shape_plan(shape: Shape, params) -> list[_Chunk]:
     g = shape.heads // max(1, shape.kv_heads)
-    return plan(shape.seq_len, shape.kv_len, d["segment_len"], d["mem_len"], 0,
+    return plan(shape.seq_len, shape.kv_len, params["segment_len"], params["mem_len"], 0,
                 score_row_bytes=g * shape.element_size)
 
 
-def xl_flops(shape: Shape) -> float:
+def xl_flops(shape: Shape, params) -> float:
     """Forward FLOPs the kernel performs: per segment and head, [Lq, W] scores for the content
     term, [Lq, W] for the position term and [Lq, W] x D for PV (2 per multiply-add), masked
     entries included; the W_r R table is a cached constant."""
-    pairs = sum(ch.pairs() for ch in _shape_plan(shape))
+    pairs = sum(ch.pairs() for ch in _shape_plan(shape, params))
     return 6.0 * shape.batch * shape.heads * shape.head_dim * pairs
 
 
-def xl_memory(shape: Shape) -> float:
-    """Peak bytes above the inputs (one call in ``shape.mode``, before the registry's 2x for
-    backward modes).
+def xl_memory(shape: Shape, params) -> float:
+    """Peak bytes above the inputs of one call in ``shape.mode`` (autograd included).
 
     Forward without autograd: the output, the state, the score / position-score / output
     buffers of one K/V head's largest chunk and, at the stream start, the zero-padded K/V rows.
@@ -570,15 +571,15 @@ def xl_memory(shape: Shape) -> float:
     B, H, Hkv, D = shape.batch, shape.heads, max(1, shape.kv_heads), shape.head_dim
     G = H // Hkv
     out = B * H * shape.seq_len * D * e
-    state = 2 * B * Hkv * min(DEFAULTS["mem_len"], shape.kv_len) * D * e
-    chunks = _shape_plan(shape)
+    state = 2 * B * Hkv * min(params["mem_len"], shape.kv_len) * D * e
+    chunks = _shape_plan(shape, params)
     if not chunks:
         return float(out + state)
     if not shape.needs_grad:
         # score, position-score, query and output buffers, and the kept bias (mask) per geometry
         buf = max(G * (ch.s1 - ch.s0) * (ch.r1 - ch.r0) * (2 * ch.width + 1 + 3 * D) for ch in chunks) * e
         buf += sum((ch.r1 - ch.r0) * (ch.width + 1) for ch in set(chunks)) * e
-        pad = 2 * B * Hkv * (DEFAULTS["mem_len"] + DEFAULTS["segment_len"]) * D * e
+        pad = 2 * B * Hkv * (params["mem_len"] + params["segment_len"]) * D * e
         return float(out + state + buf + pad)
 
     def work(ch: _Chunk) -> float:
@@ -590,7 +591,7 @@ def xl_memory(shape: Shape) -> float:
     return float(sum(work(ch) for ch in chunks) + 4 * out + state)
 
 
-def _xl_reasons(shape: Shape) -> list[str]:
+def _xl_reasons(shape: Shape, params) -> list[str]:
     if not shape.causal:
         return [CAUSAL_ONLY]
     if shape.seq_len > shape.kv_len:
@@ -602,7 +603,11 @@ SPEC = add(VariantSpec(
     name="xl@segment", forward=xl_segment, family="memory", exact=True,
     time="O(n (L+mem) d)", memory="O(n (L+mem))",
     causal=True, cross=True, kv_heads=True,
-    defaults=dict(DEFAULTS), default=True,
+    params={"segment_len": P.integer(DEFAULTS["segment_len"], minimum=1, doc="segment length L"),
+            "mem_len": P.integer(DEFAULTS["mem_len"], minimum=0, doc="memory P: keys kept from earlier segments"),
+            "seed": P.integer(DEFAULTS["seed"], minimum=0, doc="seed of u, v_bias, W_r"),
+            "d_pos": P.integer(DEFAULTS["d_pos"], minimum=1, optional="H D", doc="relative encoding width")},
+    default=True,
     reference_fn=xl_reference, extra_reasons=_xl_reasons,
     flops_fn=xl_flops, memory_fn=xl_memory,
     doc=("Transformer-XL: segments of segment_len keys attend causally to [last mem_len keys "

@@ -97,7 +97,10 @@ def bench_settings(config) -> BenchSettings:
     """The suite's settings from options / environment, validated with one clear message."""
     import torch
 
-    from attnbench.registry import DTYPES, MODES, UnknownVariant, names
+    from attnbench.case import DTYPES
+    from attnbench.catalog import names
+    from attnbench.registry import UnknownVariant
+    from attnbench.vocab import MODES
 
     cached = getattr(config, "_attnbench_bench_settings", None)
     if cached is not None:

@@ -22,8 +22,9 @@ import time
 import pytest
 import torch
 
-from attnbench.harness.execute import _calls, make_inputs
-from attnbench.registry import Shape, Unsupported, get
+from attnbench.harness.execute import calls as _calls
+from attnbench.harness.inputs import make_inputs
+from attnbench import Shape, Unsupported, get
 
 pytestmark = pytest.mark.bench
 

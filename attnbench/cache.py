@@ -1,0 +1,20 @@
+"""Constants that kernels build once and keep between calls (plans, masks, tables).
+
+They must never be inference tensors: a forward under ``torch.inference_mode`` may build what a
+later autograd call reuses, and an inference tensor cannot be saved for backward.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def normal_tensors(fn):
+    """Decorator: ``fn`` runs outside inference mode and without autograd recording."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kw):
+        with torch.inference_mode(False), torch.no_grad():
+            return fn(*args, **kw)
+
+    return wrapper

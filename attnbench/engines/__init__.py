@@ -1,0 +1,1 @@
+"""HOW: engines that know nothing of which pattern feeds them."""

@@ -1,0 +1,158 @@
+"""One definition of a result row: every field, its type and its meaning.
+
+Every writer builds rows with :func:`make_row` (every field present, ``None`` where not
+measured), every reader passes stored rows through :func:`upgrade` (rows of older schema
+versions gain the fields they lack), and :func:`to_parquet` writes typed columns from the same
+table. ``results.jsonl`` stays the append-only log that makes resume safe; ``results.parquet``
+is written at the end of a run.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from attnbench.case import freeze
+from attnbench.params import format_params
+from attnbench.vocab import STATUSES
+
+SCHEMA_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str  # str | int | float | bool | json | list[str] | list[float]
+    meaning: str
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("schema_version", "int", "version of this row format"),
+    Field("variant", "str", "pattern@kernel"),
+    Field("pattern", "str", "what is attended to (full, sliding_window, ...)"),
+    Field("kernel", "str", "how (naive, sdpa, blocked, flex, ...)"),
+    Field("family", "str", "vocab.FAMILIES"),
+    Field("exact", "bool", "equals softmax attention under its pattern"),
+    Field("params", "json", "the parameters exactly as the kernel received them (defaults filled in)"),
+    Field("param_label", "str", "the parameters that differ from the variant's defaults, 'k=v,...' ('' if none)"),
+    Field("mode", "str", "vocab.MODES: fwd, bwd, fwd+bwd, decode"),
+    Field("seq_len", "int", "n: the sequence length of the grid (the KV cache length in decode)"),
+    Field("q_len", "int", "N: queries of the call"),
+    Field("kv_len", "int", "M: keys / values of the call"),
+    Field("batch", "int", "B"),
+    Field("heads", "int", "H, query heads"),
+    Field("kv_heads", "int", "Hkv, key/value heads (after the variant's own rule: mqa 1, gqa H/4)"),
+    Field("head_dim", "int", "D"),
+    Field("dtype", "str", "float32 | float64 | bfloat16 | float16"),
+    Field("device", "str", "cpu | cuda | cuda:N"),
+    Field("causal", "bool", "bottom-right causal masking"),
+    Field("status", "str", "vocab.STATUSES: ok, oom, timeout, crash, error, incorrect, unsupported, skipped"),
+    Field("reasons", "list[str]", "why a case is not ok (every reason), or notes"),
+    Field("time_ms_median", "float", "median wall time of one call (ms)"),
+    Field("time_ms_iqr", "float", "interquartile range of the timed calls (ms)"),
+    Field("time_ms_min", "float", "fastest timed call (ms)"),
+    Field("time_ci_rel", "float", "half-width of the median's 95% confidence interval / median"),
+    Field("timing_stop", "str", "why timing stopped: ci (median known to settle_rel), budget, max"),
+    Field("repeats", "int", "number of timed calls"),
+    Field("samples_ms", "list[float]", "the timed calls (ms; at most 256 order statistics beyond 256)"),
+    Field("first_call_ms", "float", "the first call (compile, autotune, plan or mask building), timed apart"),
+    Field("peak_mem_bytes", "int", "peak memory of one call above the inputs (CPU: resident high-water mark)"),
+    Field("mem_source", "str", "how peak memory was measured: memory_pass (one call of its own, before timing)"),
+    Field("predicted_peak_bytes", "float", "the variant's predicted peak above the inputs (None: cannot predict)"),
+    Field("io_bytes", "int", "bytes of q, k, v and the output"),
+    Field("kv_cache_bytes", "int", "bytes of k and v"),
+    Field("flops", "float", "FLOPs the variant does in one call of this mode"),
+    Field("gflops_per_s", "float", "flops / median time"),
+    Field("peak_fraction", "float", "gflops_per_s / the GEMM peak measured in the same run"),
+    Field("max_abs_err", "float", "max error on the sampled query rows against the definition"),
+    Field("allowed_err", "float", "what the tolerance rule allowed there"),
+    Field("rel_err", "float", "approximate variants: relative error vs exact attention at n = 1024, gaussian inputs"),
+    Field("rel_err_sharp", "float", "the same on inputs where each query picks out a few keys"),
+    Field("rel_err_failed", "str", "why rel_err could not be computed"),
+    Field("threads", "int", "CPU threads of the worker"),
+    Field("seed", "int", "seed of the inputs"),
+    Field("case_wall_s", "float", "wall time the worker spent on the case (s)"),
+)
+NAMES = tuple(f.name for f in FIELDS)
+# The fields that identify a case across runs (resume, compare, report's de-duplication).
+KEY_FIELDS = ("variant", "params", "mode", "seq_len", "batch", "heads", "kv_heads", "head_dim", "dtype",
+              "device", "causal")
+
+
+class SchemaError(ValueError):
+    pass
+
+
+def make_row(**values: Any) -> dict[str, Any]:
+    """A complete row: every field in schema order, None where not given. Unknown names raise."""
+    unknown = set(values) - set(NAMES)
+    if unknown:
+        raise SchemaError(f"unknown row fields {sorted(unknown)}; the schema's fields: {', '.join(NAMES)}")
+    status = values.get("status")
+    if status is not None and status not in STATUSES:
+        raise SchemaError(f"status {status!r}; allowed: {', '.join(STATUSES)}")
+    return {"schema_version": SCHEMA_VERSION, **{n: values.get(n) for n in NAMES if n != "schema_version"}}
+
+
+def params_key(params: Any) -> str:
+    """A canonical text of a row's params, for matching cases."""
+    return json.dumps(params or {}, sort_keys=True, default=str)
+
+
+def case_key(row: dict[str, Any]) -> tuple:
+    return tuple(params_key(row.get(f)) if f == "params" else row.get(f) for f in KEY_FIELDS)
+
+
+def upgrade(row: dict[str, Any], defaults: dict[str, dict] | None = None) -> dict[str, Any]:
+    """A stored row in the current schema. Version 1 rows (no version field counts as 1) gain the
+    fields they lack (None) and ``params`` gains the declared defaults of keys it lacks (engine
+    knobs version 1 could not set), from ``defaults`` (variant -> {key: default}) when given."""
+    version = row.get("schema_version", 1) or 1
+    if version > SCHEMA_VERSION:
+        raise SchemaError(f"schema_version {version} is newer than this attnbench's {SCHEMA_VERSION}: upgrade attnbench")
+    if version == SCHEMA_VERSION:
+        return {**{n: None for n in NAMES}, **row}
+    out = {n: row.get(n) for n in NAMES}
+    extra = {k: v for k, v in row.items() if k not in NAMES}  # fields this version dropped, kept as they were
+    known = (defaults or {}).get(row.get("variant"), {})
+    out["params"] = {**known, **(row.get("params") or {})}
+    out["param_label"] = format_params({k: v for k, v in out["params"].items()
+                                        if k in known and freeze(v) != freeze(known[k])})
+    if out.get("peak_mem_bytes") is not None:
+        out["mem_source"] = "memory_pass"  # version 1 always measured memory in a pass of its own
+    out["schema_version"] = SCHEMA_VERSION
+    return {**out, **extra}
+
+
+def to_parquet(rows: Iterable[dict[str, Any]], path: Path) -> Path:
+    """Typed columns (lists as lists, ``params`` as JSON text) in ``path``; returns it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
+             "json": pa.string(), "list[str]": pa.list_(pa.string()), "list[float]": pa.list_(pa.float64())}
+    schema = pa.schema([pa.field(f.name, types[f.type]) for f in FIELDS])
+    rows = list(rows)
+    cols = {f.name: [_cell(r.get(f.name), f.type) for r in rows] for f in FIELDS}
+    table = pa.table(cols, schema=schema)
+    tmp = Path(path).with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+    return Path(path)
+
+
+def _cell(v: Any, typ: str) -> Any:
+    if v is None:
+        return None
+    if typ == "json":
+        return json.dumps(v, sort_keys=True, default=str)
+    if typ == "int":
+        return int(v)
+    if typ == "float":
+        return float(v)
+    if typ == "list[str]":
+        return [str(x) for x in v]
+    if typ == "list[float]":
+        return [float(x) for x in v]
+    return v
