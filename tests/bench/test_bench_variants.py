@@ -75,7 +75,7 @@ def prepared(mode, n, variant, settings):
     try:
         torch.manual_seed(0)
         q, k, v = make_inputs(shape, seed=0, requires_grad=shape.needs_grad)
-        _, call = _calls(spec, shape, q, k, v, {})
+        _, call = _calls(spec, shape, q, k, v, spec.resolve_params())
 
         def target():
             out = call()
