@@ -13,15 +13,12 @@ the kernel received.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from attnbench.vocab import GRAD_MODES
-
-if TYPE_CHECKING:
-    from attnbench.registry import VariantSpec
 
 DTYPES = {
     "float32": torch.float32,
@@ -115,12 +112,12 @@ class Case:
     """One measurement: a variant, a shape (the variant's own K/V-head rule applied) and its
     resolved parameters (every declared key, defaults filled in, validated)."""
 
-    spec: "VariantSpec"
+    spec: Any  # registry.VariantSpec (this floor imports nothing above it)
     shape: Shape
     params: tuple  # ((key, frozen value), ...) in the variant's declaration order
 
     @classmethod
-    def make(cls, spec: "VariantSpec", shape: Shape, overrides: dict | None = None) -> "Case":
+    def make(cls, spec: Any, shape: Shape, overrides: dict | None = None) -> "Case":
         params = spec.resolve_params(overrides or {})
         return cls(spec, spec.resolve_shape(shape), tuple((k, freeze(v)) for k, v in params.items()))
 

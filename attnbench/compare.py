@@ -251,6 +251,42 @@ def _nothing_matched(base_rows: list[dict], new_rows: list[dict]) -> str:
             f"NEW has {len(new_rows)} rows: {describe_keys(new_rows)}")
 
 
+def _line(key: tuple, b: dict | None, n: dict | None, threshold: float) -> dict[str, Any]:
+    """One case: the status verdict, or the timing test still to be judged (``_verdicts``)."""
+    import numpy as np
+
+    line: dict[str, Any] = dict(zip(KEY_FIELDS, key))
+    line["param_label"] = ((n or b).get("param_label") or "") if (n or b) else ""
+    line.update(base_status=b.get("status") if b else None, new_status=n.get("status") if n else None,
+                base_ms=np.nan, new_ms=np.nan, ratio=np.nan, p_value=np.nan, p_adj=np.nan,
+                base_samples=len(_samples(b)) if b else 0, new_samples=len(_samples(n)) if n else 0)
+    sv = _status_verdict(b, n)
+    if sv is None:
+        line.update(_timing_test(b, n, threshold))
+    else:
+        line.update(sv)
+        if b is not None and b.get("status") == "ok":
+            line["base_ms"] = _time(b)
+        if n is not None and n.get("status") == "ok":
+            line["new_ms"] = _time(n)
+    line.setdefault("note", "")
+    return line
+
+
+def _verdicts(lines: list[dict[str, Any]], alpha: float) -> None:
+    """Timing verdicts: one family of rank tests, Holm-adjusted. A run holds tens to hundreds of
+    cases, and "exit 1 if any regressed" must not turn alpha per case into a near-certain false
+    alarm."""
+    tested = [ln for ln in lines if ln.get("test") == "mann-whitney"]
+    for ln, pa in zip(tested, holm([ln["p_value"] for ln in tested])):
+        ln["p_adj"] = pa
+    for ln in lines:
+        if "verdict" in ln:
+            continue
+        significant = ln["p_adj"] < alpha if ln["test"] == "mann-whitney" else ln["_apart"]
+        ln["verdict"] = ("regressed" if ln["ratio"] > 1.0 else "improved") if ln["_beyond"] and significant else "same"
+
+
 def compare_runs(base_rows: list[dict], new_rows: list[dict], threshold: float = 0.05,
                  alpha: float = 0.01):
     """One line per case key of either side, sorted worst first, as a pandas DataFrame.
@@ -261,48 +297,16 @@ def compare_runs(base_rows: list[dict], new_rows: list[dict], threshold: float =
     verdict compares it with ``alpha``), ``test`` (mann-whitney | iqr | status | ''),
     ``base_samples``, ``new_samples`` (raw sample counts), ``verdict`` and ``note``.
 
-    Raises :class:`CompareError` when the sides have different schema versions or share no
-    case key.
+    Raises :class:`CompareError` when the sides share no case key.
     """
-    import numpy as np
     import pandas as pd
 
     threshold, alpha = parse_threshold(threshold), parse_alpha(alpha)
     base, new = _by_key(base_rows), _by_key(new_rows)
     if not base.keys() & new.keys():
         raise CompareError(_nothing_matched(base_rows, new_rows))
-    lines = []
-    for key in list(base) + [k for k in new if k not in base]:
-        b, n = base.get(key), new.get(key)
-        line: dict[str, Any] = dict(zip(KEY_FIELDS, key))
-        line["param_label"] = ((n or b).get("param_label") or "") if (n or b) else ""
-        line.update(base_status=b.get("status") if b else None, new_status=n.get("status") if n else None,
-                    base_ms=np.nan, new_ms=np.nan, ratio=np.nan, p_value=np.nan, p_adj=np.nan,
-                    base_samples=len(_samples(b)) if b else 0, new_samples=len(_samples(n)) if n else 0)
-        sv = _status_verdict(b, n)
-        if sv is None:
-            line.update(_timing_test(b, n, threshold))
-        else:
-            line.update(sv)
-            if b is not None and b.get("status") == "ok":
-                line["base_ms"] = _time(b)
-            if n is not None and n.get("status") == "ok":
-                line["new_ms"] = _time(n)
-        line.setdefault("note", "")
-        lines.append(line)
-    # One family: every case the rank test ran on. A run holds tens to hundreds of cases, and
-    # "exit 1 if any regressed" must not turn alpha per case into a near-certain false alarm.
-    tested = [ln for ln in lines if ln.get("test") == "mann-whitney"]
-    for ln, pa in zip(tested, holm([ln["p_value"] for ln in tested])):
-        ln["p_adj"] = pa
-    for ln in lines:
-        if "verdict" in ln:
-            continue
-        significant = ln["p_adj"] < alpha if ln["test"] == "mann-whitney" else ln["_apart"]
-        if ln["_beyond"] and significant:
-            ln["verdict"] = "regressed" if ln["ratio"] > 1.0 else "improved"
-        else:
-            ln["verdict"] = "same"
+    lines = [_line(key, base.get(key), new.get(key), threshold) for key in list(base) + [k for k in new if k not in base]]
+    _verdicts(lines, alpha)
     df = pd.DataFrame(lines, columns=list(COLUMNS))
     for c in ("base_ms", "new_ms", "ratio", "p_value", "p_adj"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)

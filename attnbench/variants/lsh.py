@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -221,6 +222,94 @@ def _blocks(bq, kk, vv, qpos, kpos, causal: bool, n: int, padded: bool, *, x0: i
     return o, lse
 
 
+class _Slots(NamedTuple):
+    """Where each block of the sorted rounds reads from: flat row indices into the padded
+    [B H n_pad, D] queries, keys and values, the positions (for masks) and the way back."""
+
+    q_rows: torch.Tensor  # [X c] query rows of every block
+    k_rows: torch.Tensor  # [X 2c] key rows (the block and the one before)
+    v_rows: torch.Tensor  # [X 2c] value rows (K/V head of each query head)
+    qpos: torch.Tensor  # [X, c] original positions of the queries
+    kpos: torch.Tensor  # [X, 2c] ... of the keys
+    undo_rows: torch.Tensor  # [B H R N] the block-slot row of each (round, real token)
+
+
+@torch.no_grad()
+def _slots(q, G: int, R: int, nb: int, seed: int, c: int, n_pad: int) -> _Slots:
+    """Hash, sort by (bucket, position), cut into chunks of c: the index maps of every block."""
+    B, H, N, _ = q.shape
+    dev, T = q.device, R * (n_pad // c)
+    X = B * H * T
+    buckets = _padded_buckets(q, R, nb, seed, n_pad)  # [B, H, R, n_pad]
+    # stable sort on the bucket = sort by (bucket, position): the token at each sorted slot
+    order = torch.argsort(buckets, dim=-1, stable=True)  # [B, H, R, n_pad]
+    del buckets
+    slot = torch.arange(n_pad, device=dev).expand_as(order)  # [B, H, R, n_pad]
+    rank = torch.empty_like(order).scatter_(-1, order, slot)  # [B, H, R, n_pad]: the slot of each token
+    del slot
+    pos = order.view(B, H, T, c)  # original position of each slot; the chunks of all
+    kpos = torch.cat([pos, pos.roll(1, dims=2)], dim=-1)  # [B, H, T, 2c]: rounds form one sequence,
+    # so the chunk before the first of a round is the last of the round before (wrapping)
+    bh = torch.arange(B * H, device=dev).view(B, H, 1, 1)
+    kvh = (torch.arange(B, device=dev).view(B, 1, 1, 1) * (H // G)
+           + torch.arange(H, device=dev).view(1, H, 1, 1) // G)  # [B, H, 1, 1]: K/V head of each head
+    # result row (b, h, r, i) is block slot r n_pad + rank of (b, h)'s sequence
+    undo = (rank[..., :N] + torch.arange(R, device=dev).view(R, 1) * n_pad + bh * (R * n_pad))  # [B, H, R, N]
+    return _Slots((pos + bh * n_pad).view(X * c), (kpos + bh * n_pad).view(X * 2 * c),
+                  (kpos + kvh * n_pad).view(X * 2 * c), pos.view(X, c), kpos.view(X, 2 * c), undo)
+
+
+def _blocks_autograd(qf, kf, vf, sl: _Slots, c: int, causal: bool, N: int, padded: bool, nc: int):
+    """Every block at once, differentiable: ([X, c, D] outputs, [X, c] log-sum-exps)."""
+    X, D = sl.qpos.shape[0], qf.shape[1]
+    bq = qf.index_select(0, sl.q_rows).view(X, c, D) * (1.0 / math.sqrt(D))  # [X, c, D]
+    kk = kf.index_select(0, sl.k_rows).view(X, 2 * c, D)  # [X, 2c, D]
+    vv = vf.index_select(0, sl.v_rows).view(X, 2 * c, D)  # [X, 2c, D]
+    return _blocks(bq, kk, vv, sl.qpos, sl.kpos, causal, N, padded, x0=0, nc=nc, grad=True)
+
+
+def _blocks_inference(qf, kf, vf, sl: _Slots, c: int, causal: bool, N: int, padded: bool, nc: int):
+    """Tiles of blocks into buffers allocated once (fresh pages per tile would cost more than
+    the arithmetic on CPU): ([X, c, D] outputs, [X, c] log-sum-exps)."""
+    X, D = sl.qpos.shape[0], qf.shape[1]
+    dev, dt, e = qf.device, qf.dtype, qf.element_size()
+    scale = 1.0 / math.sqrt(D)
+    tile = TILE_BYTES if dev.type == "cpu" else CUDA_TILE_BYTES
+    tb = max(1, min(X, tile // (e * (3 * c * D + 4 * c * D + 2 * c * c) + 3 * c * c)))
+    o = torch.empty(X, c, D, dtype=dt, device=dev)
+    lse = torch.empty(X, c, dtype=dt, device=dev)
+    bq_buf = torch.empty(tb * c, D, dtype=dt, device=dev)
+    kk_buf = torch.empty(tb * 2 * c, D, dtype=dt, device=dev)
+    vv_buf = torch.empty(tb * 2 * c, D, dtype=dt, device=dev)
+    s_buf = torch.empty(tb, c, 2 * c, dtype=dt, device=dev)
+    m_buf = torch.empty(tb, c, 1, dtype=dt, device=dev)
+    for x0 in range(0, X, tb):  # tiles of blocks (not a loop over tokens or buckets)
+        x1 = min(X, x0 + tb)
+        nt = x1 - x0
+        bq = torch.index_select(qf, 0, sl.q_rows[x0 * c:x1 * c], out=bq_buf[:nt * c]).mul_(scale)
+        kk = torch.index_select(kf, 0, sl.k_rows[2 * c * x0:2 * c * x1], out=kk_buf[:2 * c * nt])
+        vv = torch.index_select(vf, 0, sl.v_rows[2 * c * x0:2 * c * x1], out=vv_buf[:2 * c * nt])
+        _blocks(bq.view(nt, c, D), kk.view(nt, 2 * c, D), vv.view(nt, 2 * c, D),  # [nt, c | 2c, D]
+                sl.qpos[x0:x1], sl.kpos[x0:x1], causal, N, padded, x0=x0, nc=nc, grad=False,
+                out=o[x0:x1], lse_out=lse[x0:x1], s_buf=s_buf, m_buf=m_buf)
+    return o, lse
+
+
+def _combine_rounds(o: torch.Tensor, lse: torch.Tensor, undo_rows: torch.Tensor) -> torch.Tensor:
+    """Unsort the log-sum-exps of the real tokens ([B, H, R, N]); each round's weight is its mass
+    among all rounds'; then unsort and add the outputs round by round (no [R, N, D] copy)."""
+    B, H, R, N = undo_rows.shape
+    D = o.shape[-1]
+    lse = lse.view(-1).index_select(0, undo_rows.reshape(-1)).view(B, H, R, N)  # [B, H, R, N]
+    w = torch.softmax(lse, dim=2).unsqueeze(-1)  # [B, H, R, N, 1]
+    o = o.view(-1, D)  # [X c, D]
+    out = None
+    for r in range(R):
+        o_r = o.index_select(0, undo_rows[:, :, r].reshape(-1)).view(B, H, N, D)  # [B, H, N, D]
+        out = o_r * w[:, :, r] if out is None else out.addcmul_(o_r, w[:, :, r])
+    return out.contiguous()
+
+
 def lsh_shared_qk(q, k, v, *, causal=False, state=None, need_weights=False,
                   bucket_size=DEFAULTS["bucket_size"], n_hashes=DEFAULTS["n_hashes"], seed=DEFAULTS["seed"],
                   n_buckets=DEFAULTS["n_buckets"]) -> AttnOutput:
@@ -236,80 +325,16 @@ def lsh_shared_qk(q, k, v, *, causal=False, state=None, need_weights=False,
     if N == 0 or B * H == 0:
         return AttnOutput(out=torch.zeros_like(q))
     c, n_pad, nc, nb = geometry(N, bucket_size, n_buckets)
-    R, T = n_hashes, n_hashes * nc
-    X = B * H * T  # blocks
-    dev, dt = q.device, q.dtype
-    G = H // v.shape[1]
-    grad = torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)
-
-    with torch.no_grad():
-        buckets = _padded_buckets(q, R, nb, seed, n_pad)  # [B, H, R, n_pad]
-        # stable sort on the bucket = sort by (bucket, position): the token at each sorted slot
-        order = torch.argsort(buckets, dim=-1, stable=True)  # [B, H, R, n_pad]
-        del buckets
-        slot = torch.arange(n_pad, device=dev).expand_as(order)
-        rank = torch.empty_like(order).scatter_(-1, order, slot)  # the slot of each token
-        del slot
-        pos = order.view(B, H, T, c)  # original position of each slot; the chunks of all
-        kpos = torch.cat([pos, pos.roll(1, dims=2)], dim=-1)  # rounds form one sequence, so
-        # the chunk before the first of a round is the last of the round before (wrapping)
-        bh = torch.arange(B * H, device=dev).view(B, H, 1, 1)
-        q_rows = (pos + bh * n_pad).view(X * c)
-        k_rows = (kpos + bh * n_pad).view(X * 2 * c)
-        kvh = (torch.arange(B, device=dev).view(B, 1, 1, 1) * (H // G)
-               + torch.arange(H, device=dev).view(1, H, 1, 1) // G)  # K/V head of each head
-        v_rows = (kpos + kvh * n_pad).view(X * 2 * c)
-        # result row (b, h, r, i) is block slot r n_pad + rank of (b, h)'s sequence
-        undo_rows = (rank[..., :N] + torch.arange(R, device=dev).view(R, 1) * n_pad
-                     + bh * (R * n_pad)).reshape(-1)
-        qpos, kpos = pos.view(X, c), kpos.view(X, 2 * c)
-        del rank, order
-
-    pad = (0, 0, 0, n_pad - N)
+    sl = _slots(q, H // v.shape[1], n_hashes, nb, seed, c, n_pad)
     padded = n_pad > N
-    qf = (F.pad(q, pad) if padded else q).reshape(-1, D)
-    vf = (F.pad(v, pad) if padded else v).reshape(-1, D)
+    pad = (0, 0, 0, n_pad - N)
+    qf = (F.pad(q, pad) if padded else q).reshape(-1, D)  # [B H n_pad, D]
+    vf = (F.pad(v, pad) if padded else v).reshape(-1, D)  # [B Hkv n_pad, D]
     kf = unit_keys(qf)  # the shared keys, once per token (not per round)
-    scale = 1.0 / math.sqrt(D)
-    if grad:
-        bq = qf.index_select(0, q_rows).view(X, c, D) * scale
-        kk = kf.index_select(0, k_rows).view(X, 2 * c, D)
-        vv = vf.index_select(0, v_rows).view(X, 2 * c, D)
-        o, lse = _blocks(bq, kk, vv, qpos, kpos, causal, N, padded, x0=0, nc=nc, grad=True)
-        del bq, kk, vv
-    else:
-        e = q.element_size()
-        tile = TILE_BYTES if dev.type == "cpu" else CUDA_TILE_BYTES
-        tb = max(1, min(X, tile // (e * (3 * c * D + 4 * c * D + 2 * c * c) + 3 * c * c)))
-        o = torch.empty(X, c, D, dtype=dt, device=dev)
-        lse = torch.empty(X, c, dtype=dt, device=dev)
-        bq_buf = torch.empty(tb * c, D, dtype=dt, device=dev)
-        kk_buf = torch.empty(tb * 2 * c, D, dtype=dt, device=dev)
-        vv_buf = torch.empty(tb * 2 * c, D, dtype=dt, device=dev)
-        s_buf = torch.empty(tb, c, 2 * c, dtype=dt, device=dev)
-        m_buf = torch.empty(tb, c, 1, dtype=dt, device=dev)
-        for x0 in range(0, X, tb):  # tiles of blocks (not a loop over tokens or buckets)
-            x1 = min(X, x0 + tb)
-            nt = x1 - x0
-            bq = torch.index_select(qf, 0, q_rows[x0 * c:x1 * c], out=bq_buf[:nt * c]).mul_(scale)
-            kk = torch.index_select(kf, 0, k_rows[2 * c * x0:2 * c * x1], out=kk_buf[:2 * c * nt])
-            vv = torch.index_select(vf, 0, v_rows[2 * c * x0:2 * c * x1], out=vv_buf[:2 * c * nt])
-            _blocks(bq.view(nt, c, D), kk.view(nt, 2 * c, D), vv.view(nt, 2 * c, D),
-                    qpos[x0:x1], kpos[x0:x1], causal, N, padded, x0=x0, nc=nc, grad=False,
-                    out=o[x0:x1], lse_out=lse[x0:x1], s_buf=s_buf, m_buf=m_buf)
-        del bq_buf, kk_buf, vv_buf, s_buf, m_buf
-
-    # unsort the log-sum-exps, real tokens only: [B, H, R, N]; each round's weight is its mass
-    # among all rounds'; then unsort and add the outputs round by round (no [R, N, D] copy)
-    lse = lse.view(-1).index_select(0, undo_rows).view(B, H, R, N)
-    w = torch.softmax(lse, dim=2).unsqueeze(-1)  # [B, H, R, N, 1]
-    o = o.view(-1, D)
-    undo_rows = undo_rows.view(B, H, R, N)
-    out = None
-    for r in range(R):
-        o_r = o.index_select(0, undo_rows[:, :, r].reshape(-1)).view(B, H, N, D)
-        out = o_r * w[:, :, r] if out is None else out.addcmul_(o_r, w[:, :, r])
-    out = out.contiguous()
+    grad = torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)
+    run = _blocks_autograd if grad else _blocks_inference
+    o, lse = run(qf, kf, vf, sl, c, causal, N, padded, nc)
+    out = _combine_rounds(o, lse, sl.undo_rows)
     if torch.is_grad_enabled() and isinstance(k, torch.Tensor) and k.requires_grad:
         # k is ignored; an empty slice puts it in the graph so that autograd.grad(out, (q, k,
         # v)) gives dk = 0 instead of raising (the harness asks for all three)
