@@ -9,8 +9,15 @@ groups (device, mode, dtype, causal, shape) and writes, per group::
     tables/{time,speedup,memory,gflops,scaling,crossover[,accuracy][,stats]}_<group>.{md,tex,csv}
     figures/{time,memory,speedup,throughput[,bubble]}_<group>.{png,pdf}
 
-plus ``README.md`` indexing every file with one line. The same input gives byte-identical
-tables and the same figure files.
+and, where the group holds a variant at several settings that differ in one parameter (a
+sweep, e.g. ``sliding_window@blocked[window=32,...,1024]``), per sweep::
+
+    tables/sweep_<param>_<variant>_<group>.{md,tex,csv}     one row per setting at a fixed n
+    figures/sweep_<param>_<variant>_<group>.{png,pdf}       time and memory vs the parameter
+    figures/tradeoff_<variant>_<group>.{png,pdf}            approximate variants: rel_err vs time
+
+plus ``README.md`` indexing every file with one line. Row labels carry the parameters
+(``variant[k=v]``). The same input gives byte-identical tables and the same figure files.
 """
 from __future__ import annotations
 
@@ -189,11 +196,31 @@ def _labels(df: pd.DataFrame) -> pd.DataFrame:
 
     gcols = list(T.GROUP_FIELDS)
     df = df.copy()
-    df["label"] = df["variant"].astype(str) + df["param_label"].map(lambda p: f"[{p}]" if p else "")
+    df["label"] = df["variant"].astype(str) + _shown_params(df, gcols).map(lambda p: f"[{p}]" if p else "")
     nk = df.groupby([*gcols, "label"], dropna=False)["kv_heads"].transform("nunique")
     amb = (nk > 1) & (df["kv_heads"] != df["heads"])
     df.loc[amb, "label"] = df.loc[amb, "label"] + " [kv=" + df.loc[amb, "kv_heads"].astype(int).astype(str) + "]"
     return df
+
+
+def _shown_params(df: pd.DataFrame, gcols: list[str]) -> pd.Series:
+    """``param_label`` plus, where a group holds a variant at several settings, the keys that
+    differ between them even at their default (a window sweep's default setting reads
+    ``window=256``, not the bare name among ``window=32``, ``window=1024``)."""
+    from attnbench.params import format_params
+    from attnbench.report import tables as T
+
+    text = df["param_label"].copy()
+    for _, v in df.groupby([*gcols, "variant"], sort=False, dropna=False):
+        if v["params_key"].nunique() < 2:
+            continue
+        vary = T.varying_keys(list(T.settings_of(v).values()))
+        for i, p in zip(v.index, v["params"]):
+            have = {kv.split("=", 1)[0] for kv in text[i].split(",") if kv}
+            add = {k: p.get(k) for k in vary if k not in have and isinstance(p, dict)}
+            if add:
+                text[i] = ",".join(x for x in (text[i], format_params(add)) if x)
+    return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,7 +267,7 @@ def describe(g: dict) -> str:
 def _declared() -> dict[str, dict]:
     """Registry metadata (complexity strings) for the variants it knows; {} if it cannot load."""
     try:
-        from attnbench.registry import all_specs
+        from attnbench.catalog import all_specs
 
         return {s.name: s.describe() for s in all_specs()}
     except Exception:  # a report must not depend on every kernel importing
@@ -248,8 +275,9 @@ def _declared() -> dict[str, dict]:
 
 
 def _check_baseline(df: pd.DataFrame, baseline: str) -> None:
+    """The baseline is a variant name or a row label (``sliding_window@blocked[window=512]``)."""
     have = sorted(set(df["variant"]))
-    if baseline in have:
+    if baseline in have or baseline in set(df["label"]):
         return
     close = difflib.get_close_matches(baseline, have, n=3, cutoff=0.5)
     hint = f" did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
@@ -294,21 +322,7 @@ def build_report(inputs: list[Path], out: Path, baseline: str = "full@sdpa", *, 
         style = Style.from_frame(df)
     for g, gdf in groups(df):
         slug, desc = g["slug"], describe(g)
-        tabs = [
-            ("Median time per variant × n with IQR", T.time_table(gdf, g, baseline, slug, desc)),
-            (f"Speed-up vs {baseline} per variant × n", T.speedup_table(gdf, g, baseline, slug, desc)
-             if baseline in set(gdf["label"]) else None),
-            ("Peak memory above the inputs (MiB) per variant × n", T.memory_table(gdf, g, baseline, slug, desc)),
-            ("Achieved GFLOP/s and fraction of the GEMM peak per variant × n",
-             T.gflops_table(gdf, g, baseline, slug, desc)),
-            ("Fitted log–log time and memory exponents (± standard error of the slope)",
-             T.scaling_table(gdf, g, baseline, slug, desc, min_n=min_fit_n, declared=declared)),
-            (f"Crossover n vs {baseline}", T.crossover_table(gdf, g, baseline, slug, desc)
-             if baseline in set(gdf["label"]) else None),
-            ("Approximation error vs exact softmax (rel_err, rel_err_sharp)",
-             T.accuracy_table(gdf, g, baseline, slug, desc)),
-            ("Attention statistics", T.stats_table(gdf, g, baseline, slug, desc)),
-        ]
+        sweeps = T.find_sweeps(gdf)
         lines = [f"## {desc}", ""]
         variants = sorted(set(gdf["label"]))
         runs_here = sorted(set(gdf["run"]))
@@ -317,6 +331,7 @@ def build_report(inputs: list[Path], out: Path, baseline: str = "full@sdpa", *, 
         if baseline not in set(gdf["label"]):
             lines.append(f"{baseline} was not run in this group: no speed-up or crossover tables here.")
         lines += ["", "Tables:", ""]
+        tabs = _group_tables(gdf, g, baseline, declared, min_fit_n) + _sweep_tables(gdf, g, sweeps, baseline)
         for what, t in tabs:
             if t is None:
                 continue
@@ -326,6 +341,7 @@ def build_report(inputs: list[Path], out: Path, baseline: str = "full@sdpa", *, 
         if figures:
             lines += ["", "Figures:", ""]
             written_figs = _group_figures(gdf, g, baseline, style, out / "figures", desc)
+            written_figs += _sweep_figures(gdf, g, sweeps, baseline, style, out / "figures", desc, declared)
             for what, stem in written_figs:
                 written += [out / "figures" / f"{stem}.png", out / "figures" / f"{stem}.pdf"]
                 lines.append(f"- {what}: [png](figures/{stem}.png) · [pdf](figures/{stem}.pdf)")
@@ -334,6 +350,45 @@ def build_report(inputs: list[Path], out: Path, baseline: str = "full@sdpa", *, 
     readme.write_text(_readme(loaded, inputs, baseline, sections, out, min_fit_n), encoding="utf-8", newline="\n")
     written.append(readme)
     return sorted(written)
+
+
+def _group_tables(gdf, g, baseline: str, declared: dict, min_fit_n: int) -> list[tuple[str, Any]]:
+    """(README line, Table or None) per table of one group, in README order."""
+    from attnbench.report import tables as T
+
+    slug, desc = g["slug"], describe(g)
+    has_base = baseline in set(gdf["label"])
+    return [
+        ("Median time per variant × n with IQR", T.time_table(gdf, g, baseline, slug, desc)),
+        (f"Speed-up vs {baseline} per variant × n", T.speedup_table(gdf, g, baseline, slug, desc)
+         if has_base else None),
+        ("Peak memory above the inputs (MiB) per variant × n", T.memory_table(gdf, g, baseline, slug, desc)),
+        ("Achieved GFLOP/s and fraction of the GEMM peak per variant × n",
+         T.gflops_table(gdf, g, baseline, slug, desc)),
+        ("Fitted log–log time and memory exponents (± standard error of the slope)",
+         T.scaling_table(gdf, g, baseline, slug, desc, min_n=min_fit_n, declared=declared)),
+        (f"Crossover n vs {baseline}", T.crossover_table(gdf, g, baseline, slug, desc) if has_base else None),
+        ("Approximation error vs exact softmax (rel_err, rel_err_sharp)",
+         T.accuracy_table(gdf, g, baseline, slug, desc)),
+        ("Attention statistics", T.stats_table(gdf, g, baseline, slug, desc)),
+    ]
+
+
+def _sweep_tables(gdf, g, sweeps, baseline: str) -> list[tuple[str, Any]]:
+    from attnbench.report import tables as T
+
+    has_base = baseline in set(gdf["label"])
+    return [(f"Sweep of {s.param} for {s.variant} ({len(s.values)} settings) at n = {s.n}: time, memory"
+             + (", speed-up" if has_base else "") + (", rel_err" if _is_approx(gdf, s) else ""),
+             T.sweep_table(gdf, g, s, baseline, g["slug"], describe(g))) for s in sweeps]
+
+
+def _is_approx(gdf, s) -> bool:
+    """An approximate variant with an error figure: it gets a speed/error trade-off figure."""
+    from attnbench.report import tables as T
+
+    v = gdf[gdf["variant"] == s.variant]
+    return not bool(v["exact"].fillna(True).iloc[0]) and T.has_column(v, "rel_err")
 
 
 def _group_figures(gdf, g, baseline, style, fig_dir: Path, desc: str) -> list[tuple[str, str]]:
@@ -360,6 +415,35 @@ def _group_figures(gdf, g, baseline, style, fig_dir: Path, desc: str) -> list[tu
             stem = f"bubble_{g['slug']}"
             F.save(fig, fig_dir / stem)
             made.append(("Accuracy vs time vs memory (bubble area ∝ memory)", stem))
+    return made
+
+
+def _sweep_figures(gdf, g, sweeps, baseline, style, fig_dir: Path, desc: str, declared: dict) -> list[tuple[str, str]]:
+    """Per sweep: time and memory vs the parameter; for approximate variants the trade-off too."""
+    import matplotlib
+
+    from attnbench.report import figures as F
+    from attnbench.report import tables as T
+
+    made = []
+    subjects = [s.subject for s in sweeps]
+    with matplotlib.rc_context(F.rc_params()):
+        for s in sweeps:
+            recs = T.sweep_records(gdf, s, baseline)
+            first = gdf[gdf["variant"] == s.variant].iloc[0].to_dict()
+            doc = declared.get(s.variant, {}).get("params", {}).get(s.param, {}).get("doc", "")
+            stem = f"sweep_{s.stem}_{g['slug']}"
+            F.save(F.sweep_figure(s, recs, baseline, style, first, desc, doc), fig_dir / stem)
+            made.append((f"Sweep of {s.param} for {s.variant}: median time (IQR bars) and peak memory vs "
+                         f"{s.param} at n = {s.n} ({s.n_rule})", stem))
+            fig = F.tradeoff_figure(s, recs, baseline, style, first, desc) if _is_approx(gdf, s) else None
+            if fig is not None:
+                # two sweeps of one variant (two parameters) would share the name: the parameter tells them apart
+                sub = s.subject if subjects.count(s.subject) == 1 else s.stem
+                stem = f"tradeoff_{sub}_{g['slug']}"
+                F.save(fig, fig_dir / stem)
+                made.append((f"Speed/error trade-off of {s.variant} over {s.param}: rel_err and rel_err_sharp "
+                             f"vs median time at n = {s.n}, one point per setting", stem))
     return made
 
 
@@ -400,7 +484,9 @@ def _readme(loaded: Loaded, inputs, baseline: str, sections: list[str], out: Pat
         lines.append(f"- `{m}` {meaning}")
     lines += ["", "In figures, such cases are hollow markers on the top edge of the axes at the n that failed "
               "(OOM ×, timeout +, skipped ⅄, error/crash ✱, incorrect ◇); variants that never ran are named "
-              "under the figure. Colour = family (shaded and dashed per pattern), marker = kernel.", ""]
+              "under the figure. Colour = family (shaded and dashed per pattern), marker = kernel." +
+              (" The settings of a variant run at several parameter values go from dark (smallest value) to "
+               "light (largest)." if df.groupby("variant")["params_key"].nunique().max() > 1 else ""), ""]
     lines.append("\n\n".join(sections))
     return "\n".join(lines).rstrip("\n") + "\n"
 

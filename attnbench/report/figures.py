@@ -1,7 +1,8 @@
 """Figures from stored result rows (matplotlib Agg through ``Figure`` objects, seaborn styling).
 
 One colour per family (seaborn ``tab10`` in the registry's family order), shaded and dashed
-per pattern inside a family, one marker per kernel, the same in every figure of a report.
+per pattern inside a family, one marker per kernel, the same in every figure of a report; the
+settings of a variant run at several parameter values go from dark to light by value.
 Cases that did not run are drawn, never dropped: a hollow marker per failure kind in a strip at
 the top edge of the axes at the n that failed, with a legend entry; variants that never ran
 (unsupported everywhere) are named in a note under the figure. Legends sit outside the axes on
@@ -15,14 +16,15 @@ from __future__ import annotations
 import colorsys
 import math
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from attnbench.report.tables import FAMILY_ORDER, MIB, _finite, family_rank, row_order
+from attnbench.report.tables import (FAMILY_ORDER, MIB, Sweep, family_rank, finite, param_sort_key, row_order,
+                                     settings_of)
 
 DPI = 150
 FACET_ABOVE = 8  # more variants than this in one group: one panel per family
@@ -40,6 +42,8 @@ FAIL_STYLE = {
 }
 NO_BASE_STYLE = ("|", "baseline did not run")
 REF_STYLE = dict(color="0.55", lw=1.0, ls=(0, (4, 3)), zorder=1)
+SETTING_LIGHTNESS = (0.22, 0.70)  # darkest and lightest line of one variant's settings
+BASE_REF_STYLE = dict(color="0.15", lw=1.0, ls=(0, (6, 3)), zorder=2)  # the baseline in sweep figures
 
 
 def rc_params() -> dict:
@@ -65,6 +69,9 @@ class Style:
     pattern_shade: dict[str, tuple]  # pattern -> rgb
     pattern_dash: dict[str, object]
     kernel_marker: dict[str, str]
+    # (variant, params_key) -> rgb, only for variants run at several settings: their lines would
+    # otherwise be identical (same pattern and kernel)
+    setting_color: dict[tuple[str, str], tuple] = field(default_factory=dict)
 
     @classmethod
     def from_frame(cls, df: pd.DataFrame) -> "Style":
@@ -96,11 +103,40 @@ class Style:
             else:
                 markers[k] = spare[u % len(spare)]
                 u += 1
-        return cls(fam_color, shade, dash, markers)
+        return cls(fam_color, shade, dash, markers, _setting_colors(df, shade, fam_color))
 
     def line_kw(self, pattern: str, kernel: str, family: str) -> dict:
         return dict(color=self.pattern_shade.get(pattern, self.family_color.get(family, (0.3, 0.3, 0.3))),
                     marker=self.kernel_marker.get(kernel, "o"), ls=self.pattern_dash.get(pattern, "-"))
+
+    def kw(self, first: dict) -> dict:
+        """``line_kw`` of a label from its first row; a setting of a variant run at several settings
+        gets its own lightness."""
+        kw = self.line_kw(str(first["pattern"]), str(first["kernel"]), str(first["family"]))
+        c = self.setting_color.get((str(first.get("variant")), str(first.get("params_key"))))
+        if c is not None:
+            kw["color"] = c
+        return kw
+
+
+def _setting_colors(df: pd.DataFrame, shade: dict, fam_color: dict) -> dict[tuple[str, str], tuple]:
+    """A lightness ramp (dark = smallest value) over the settings of each variant run at several,
+    in the hue of its pattern, ordered by the parameter values (tables.param_sort_key)."""
+    out: dict[tuple[str, str], tuple] = {}
+    if "params_key" not in df.columns:
+        return out
+    for variant, v in df.groupby("variant", sort=True):
+        settings = settings_of(v)
+        if len(settings) < 2:
+            continue
+        order = sorted(settings, key=lambda pk: (param_sort_key(settings[pk]), pk))
+        r = v.iloc[0]
+        h, _l, s = colorsys.rgb_to_hls(*shade.get(str(r["pattern"]), fam_color.get(str(r["family"]), (0.3, 0.3, 0.3))))
+        s = max(s, 0.45)  # a grey-ish pattern colour would leave only lightness to tell settings apart
+        for j, pk in enumerate(order):
+            out[(str(variant), pk)] = colorsys.hls_to_rgb(h, SETTING_LIGHTNESS[0] + (SETTING_LIGHTNESS[1] -
+                                                          SETTING_LIGHTNESS[0]) * j / (len(order) - 1), s)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,15 +224,15 @@ def metric_value(metric: str, r: dict, base: dict | None) -> float | None:
         return None
     t = r.get("time_ms_median")
     if metric == "time":
-        return float(t) if _finite(t) else None
+        return float(t) if finite(t) else None
     if metric == "memory":
         b = r.get("peak_mem_bytes")
-        return float(b) / MIB if _finite(b) and float(b) > 0 else None
+        return float(b) / MIB if finite(b) and float(b) > 0 else None
     if metric == "throughput":
-        q = r.get("q_len") if _finite(r.get("q_len")) else r.get("seq_len")
-        return float(r["batch"]) * float(q) * 1e3 / float(t) if _finite(t) and float(t) > 0 else None
+        q = r.get("q_len") if finite(r.get("q_len")) else r.get("seq_len")
+        return float(r["batch"]) * float(q) * 1e3 / float(t) if finite(t) and float(t) > 0 else None
     if metric == "speedup":
-        if base is None or base.get("status") != "ok" or not _finite(base.get("time_ms_median")) or not _finite(t):
+        if base is None or base.get("status") != "ok" or not finite(base.get("time_ms_median")) or not finite(t):
             return None
         return float(base["time_ms_median"]) / float(t)
     raise ValueError(metric)
@@ -252,10 +288,10 @@ def line_figure(g: pd.DataFrame, metric: str, baseline: str, style: Style, title
                     fails.setdefault(n, []).append((lab, r["status"]))
                 elif r["status"] == "ok" and m.speedup and lab in labels:
                     fails.setdefault(n, []).append((lab, "no_base"))
-                elif r["status"] == "ok" and metric == "memory" and _finite(r.get("peak_mem_bytes")):
+                elif r["status"] == "ok" and metric == "memory" and finite(r.get("peak_mem_bytes")):
                     zero_mem += 1
             statuses = set(g[g["label"] == lab]["status"])
-            kw = style.line_kw(str(f["pattern"]), str(f["kernel"]), str(f["family"]))
+            kw = style.kw(f)
             if not xs:
                 if lab in labels and statuses <= {"unsupported"}:
                     never.append(lab)
@@ -340,7 +376,7 @@ def _failure_strip(ax, fails: dict[int, list[tuple[str, str]]], first: dict, sty
         items = sorted(fails[n])
         for j, (lab, st) in enumerate(items):
             f = first[lab]
-            color = style.line_kw(str(f["pattern"]), str(f["kernel"]), str(f["family"]))["color"]
+            color = style.kw(f)["color"]
             mk = (NO_BASE_STYLE if st == "no_base" else FAIL_STYLE.get(st, ("x", st)))[0]
             y = 0.95 - j * min(0.05, 0.2 / max(len(items), 1))
             ax.plot([n], [y], transform=tr, marker=mk, markersize=7, mew=1.6, mfc="none", mec=color,
@@ -356,10 +392,10 @@ def _failure_strip(ax, fails: dict[int, list[tuple[str, str]]], first: dict, sty
 # accuracy - speed - memory bubble chart (only when rows carry an `accuracy`)
 # --------------------------------------------------------------------------------------------
 def bubble_figure(g: pd.DataFrame, baseline: str, style: Style, title_desc: str):
-    acc = g[g["accuracy"].map(_finite)] if "accuracy" in g.columns else g.iloc[:0]
+    acc = g[g["accuracy"].map(finite)] if "accuracy" in g.columns else g.iloc[:0]
     if acc.empty:
         return None
-    ok = g[(g["status"] == "ok") & g["time_ms_median"].map(_finite)]
+    ok = g[(g["status"] == "ok") & g["time_ms_median"].map(finite)]
     labs = sorted(set(acc["label"]))
     common = None
     for lab in labs:
@@ -382,7 +418,7 @@ def bubble_figure(g: pd.DataFrame, baseline: str, style: Style, title_desc: str)
             continue
         r = (v[v["seq_len"] == n_star] if n_star is not None else v[v["seq_len"] == v["seq_len"].max()]).iloc[0]
         a = float(acc[acc["label"] == lab]["accuracy"].astype(float).mean())
-        mem = float(r["peak_mem_bytes"]) / MIB if _finite(r.get("peak_mem_bytes")) else 0.0
+        mem = float(r["peak_mem_bytes"]) / MIB if finite(r.get("peak_mem_bytes")) else 0.0
         pts.append((lab, float(r["time_ms_median"]), a, mem))
         mems.append(mem)
     mmax = max(mems) if mems and max(mems) > 0 else 1.0
@@ -392,7 +428,7 @@ def bubble_figure(g: pd.DataFrame, baseline: str, style: Style, title_desc: str)
 
     for lab, t, a, mem in pts:
         f = first[lab]
-        kw = style.line_kw(str(f["pattern"]), str(f["kernel"]), str(f["family"]))
+        kw = style.kw(f)
         ax.scatter([t], [a], s=area(mem), color=kw["color"], alpha=0.35, edgecolors=kw["color"], linewidths=1.2,
                    zorder=3)
         ax.scatter([t], [a], s=22, marker=kw["marker"], color=kw["color"], zorder=4, label=f"{lab} ({mem:.0f} MiB)")
@@ -410,4 +446,137 @@ def bubble_figure(g: pd.DataFrame, baseline: str, style: Style, title_desc: str)
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False,
               title="variant (peak memory)", title_fontsize=8)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# parameter sweeps: time and memory vs the parameter; speed/error trade-off
+# --------------------------------------------------------------------------------------------
+def _spans_decade(vals: Sequence[float]) -> bool:
+    """Log axis when every value is positive and they span more than 10x."""
+    vals = [float(v) for v in vals if v is not None]
+    return bool(vals) and min(vals) > 0 and max(vals) > 10 * min(vals)
+
+
+def _plain_log_ticks(axis, vals: Sequence[float]) -> None:
+    """Ticks of a log axis as plain numbers (0.1, 2, 50), at 1-2-5 steps over short spans."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    vals = [v for v in vals if v is not None and v > 0]
+    decades = math.log10(max(vals) / min(vals)) if vals else 0.0
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 2.5 else (1.0,)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _sweep_x(ax, s: Sweep, param_doc: str) -> list[float]:
+    """x positions of the settings: the values (log when they span > 10x), or 0..k-1 for text."""
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
+
+    log = s.numeric and _spans_decade(s.values)
+    xs = [float(v) for v in s.values] if s.numeric else [float(i) for i in range(len(s.values))]
+    if log:
+        ax.set_xscale("log")
+        ax.set_xlim(min(xs) / 1.4, max(xs) * 1.4)
+    else:
+        pad = 0.08 * (max(xs) - min(xs)) if s.numeric and max(xs) > min(xs) else 0.5  # categories: half a slot
+        ax.set_xlim(min(xs) - pad, max(xs) + pad)
+    ax.xaxis.set_major_locator(FixedLocator(xs))
+    ax.xaxis.set_major_formatter(FixedFormatter([s.value_text(i) for i in range(len(xs))]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    doc = f" — {param_doc}" if param_doc else ""
+    ax.set_xlabel(f"{s.param}{doc}" + (" (log scale)" if log else ""))
+    return xs
+
+
+def _sweep_y(ax, vals: Sequence[float]) -> None:
+    vals = [v for v in vals if v is not None and math.isfinite(v)]
+    if _spans_decade(vals):
+        _set_log_y(ax, vals, headroom=False)
+        _plain_log_ticks(ax.yaxis, vals)
+    elif vals:
+        ax.set_ylim(0, max(vals) * 1.15)
+
+
+def _sweep_panel(ax, s: Sweep, recs: list[dict], key: str, base_key: str, kw: dict, what: str,
+                 param_doc: str, baseline: str) -> None:
+    xs = _sweep_x(ax, s, param_doc)
+    pts = [(x, r[key], r["time_ms_iqr"] if key == "time_ms_median" else None) for x, r in zip(xs, recs)
+           if r[key] is not None]
+    base = recs[0][base_key] if recs else None
+    if pts:
+        err = [e / 2 if e is not None else 0.0 for _, _, e in pts] if key == "time_ms_median" else None
+        # a text parameter's settings are categories: no line between them
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=err, color=kw["color"], marker=kw["marker"],
+                    ls="-" if s.numeric else "none", capsize=3, markersize=5, zorder=3, label=f"{s.variant}")
+    else:
+        ax.text(0.5, 0.5, f"{what} not recorded", transform=ax.transAxes, ha="center", color="0.4")
+    if base is not None:
+        ax.axhline(base, **BASE_REF_STYLE, label=f"{baseline} at n = {s.n}")
+    _sweep_y(ax, [p[1] for p in pts] + ([base] if base is not None else []))
+
+
+def sweep_figure(s: Sweep, recs: list[dict], baseline: str, style: Style, first: dict, title_desc: str,
+                 param_doc: str = ""):
+    """Median time (bars: IQR) and peak memory vs the swept parameter at the sweep's n."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.0, 3.8), dpi=DPI, layout="constrained")
+    ax_t, ax_m = fig.subplots(1, 2)
+    kw = style.line_kw(str(first["pattern"]), str(first["kernel"]), str(first["family"]))
+    _sweep_panel(ax_t, s, recs, "time_ms_median", "baseline_time_ms", kw, "time", param_doc, baseline)
+    _sweep_panel(ax_m, s, recs, "peak_mem_mib", "baseline_peak_mem_mib", kw, "memory", param_doc, baseline)
+    ax_t.set_ylabel("median time per call (ms)")
+    ax_m.set_ylabel("peak memory above inputs (MiB)")
+    failed = [f"{r['value_text']} ({r['mark']})" for r in recs if r["mark"]]
+    ax_t.set_title("time (error bar: interquartile range)" + (f"; not ok: {', '.join(failed)}" if failed else ""),
+                   loc="left", fontsize=9)
+    ax_m.set_title("peak memory", loc="left", fontsize=9)
+    handles, labels = ax_t.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(handles), frameon=False)
+    fig.suptitle(f"Sweep of {s.param} for {s.variant} at n = {s.n} ({s.n_rule})\n{title_desc}", fontsize=10)
+    return fig
+
+
+ERR_SERIES = (("rel_err", "gaussian inputs", "o", "-"), ("rel_err_sharp", "sharp inputs", "s", "--"))
+
+
+def tradeoff_figure(s: Sweep, recs: list[dict], baseline: str, style: Style, first: dict, title_desc: str):
+    """rel_err and rel_err_sharp vs median time at the sweep's n, one point per setting annotated
+    with its value: the speed/error trade-off. None when fewer than two settings have both."""
+    from matplotlib.figure import Figure
+
+    pts = [r for r in recs if r["time_ms_median"] is not None and
+           any(r[k] is not None for k, *_ in ERR_SERIES)]
+    if len(pts) < 2:
+        return None
+    fig = Figure(figsize=(8.0, 4.6), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    color = style.line_kw(str(first["pattern"]), str(first["kernel"]), str(first["family"]))["color"]
+    ys_all = []
+    for key, what, marker, ls in ERR_SERIES:
+        p = [(r["time_ms_median"], r[key], r["value_text"]) for r in pts if r[key] is not None]
+        if not p:
+            continue
+        ax.plot([x for x, _, _ in p], [y for _, y, _ in p], color=color if key == "rel_err" else "0.35",
+                marker=marker, ls=ls, zorder=3, label=f"rel_err, {what}")
+        for x, y, text in p:
+            ax.annotate(text, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=7, color="0.2")
+        ys_all += [y for _, y, _ in p]
+    xs_all = [r["time_ms_median"] for r in pts]
+    bt = recs[0]["baseline_time_ms"]
+    if bt is not None:
+        ax.axvline(bt, **BASE_REF_STYLE, label=f"{baseline} time (exact)")
+        xs_all.append(bt)
+    for axis, vals, setter in ((ax.xaxis, xs_all, ax.set_xscale), (ax.yaxis, ys_all, ax.set_yscale)):
+        if _spans_decade(vals):
+            setter("log")
+            _plain_log_ticks(axis, vals)
+    ax.margins(x=0.12, y=0.15)
+    ax.set_xlabel(f"median time per call at n = {s.n} (ms)")
+    ax.set_ylabel("relative error vs exact attention\n‖out − exact‖_F / ‖exact‖_F")
+    ax.set_title(f"one point per setting, annotated with {s.param}; errors measured at n = 1024",
+                 loc="left", fontsize=8, color="0.3")
+    fig.suptitle(f"Speed / error trade-off of {s.variant} over {s.param}\n{title_desc}", fontsize=10)
+    _legend(ax)
     return fig

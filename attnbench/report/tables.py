@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,7 +20,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from attnbench.params import format_params, format_value
 from attnbench.scaling import fit_loglog
+from attnbench.schema import params_key
 from attnbench.vocab import BASE_FAILED, FAMILIES, MODES, STATUSES, VARIANT_FAILED
 
 # Short marks for rows that did not produce a number, and what they mean (vocab.STATUSES).
@@ -84,7 +87,7 @@ def fmt_n(n: float) -> str:
     return f"{int(n)}"
 
 
-def _finite(x: Any) -> bool:
+def finite(x: Any) -> bool:
     try:
         return x is not None and math.isfinite(float(x))
     except (TypeError, ValueError):
@@ -201,10 +204,35 @@ def family_rank(family: str) -> int:
     return FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
 
 
+def value_sort_key(v: Any) -> tuple:
+    """Parameter values in order: none, then numbers by size, then the rest by their text."""
+    if v is None:
+        return (0, 0.0, "")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return (1, float(v), "")
+    return (2, 0.0, format_value(v))
+
+
+def param_sort_key(params: Any) -> tuple:
+    """Settings of one variant ordered by their values key by key (window=32 before window=128)."""
+    if not isinstance(params, dict):
+        return ()
+    return tuple((k, value_sort_key(params[k])) for k in sorted(params))
+
+
 def row_order(g: pd.DataFrame, baseline: str) -> list[str]:
-    """Labels in table order: the baseline first, then by family (registry order), then name."""
-    fam = g.groupby("label", sort=True)["family"].first()
-    return sorted(fam.index, key=lambda lab: (lab.split(" ")[0] != baseline, family_rank(fam[lab]), lab))
+    """Labels in table order: the baseline first, then by family (registry order), then name, the
+    settings of one variant by their parameter values. A label is ``variant[k=v] [kv=h]``; for
+    labels without parameters this is the plain name order (the variant's characters sort above
+    the space before ``[kv=h]``)."""
+    first = g.groupby("label", sort=True)[["family", "variant", "params"]].first().to_dict("index")
+
+    def key(lab: str) -> tuple:
+        r = first[lab]
+        return (lab.split(" ")[0] != baseline, family_rank(r["family"]), str(r["variant"]),
+                param_sort_key(r["params"]), lab)
+
+    return sorted(first, key=key)
 
 
 def seq_lens(g: pd.DataFrame) -> list[int]:
@@ -289,10 +317,10 @@ def _grid_table(g: pd.DataFrame, group: dict, baseline: str, *, name: str, title
 def time_table(g, group, baseline, slug, desc) -> Table:
     def value(r, _b):
         med, iqr = r.get("time_ms_median"), r.get("time_ms_iqr")
-        if not _finite(med):
+        if not finite(med):
             return NOT_RECORDED, {}
-        return fmt_with_spread(med, iqr if _finite(iqr) else None), {
-            "time_ms_median": med, "time_ms_iqr": iqr if _finite(iqr) else None,
+        return fmt_with_spread(med, iqr if finite(iqr) else None), {
+            "time_ms_median": med, "time_ms_iqr": iqr if finite(iqr) else None,
             "time_ms_min": r.get("time_ms_min"), "repeats": r.get("repeats"), "run": r.get("run")}
 
     return _grid_table(g, group, baseline, name=f"time_{slug}", value=value,
@@ -303,7 +331,7 @@ def time_table(g, group, baseline, slug, desc) -> Table:
 
 def speedup_table(g, group, baseline, slug, desc) -> Table:
     def value(r, b):
-        if b is None or b.get("status") != "ok" or not _finite(b.get("time_ms_median")):
+        if b is None or b.get("status") != "ok" or not finite(b.get("time_ms_median")):
             return NO_BASE, {}
         s = float(b["time_ms_median"]) / float(r["time_ms_median"])
         return fmt_ratio(s), {"speedup": s, "baseline_time_ms": b["time_ms_median"]}
@@ -316,7 +344,7 @@ def speedup_table(g, group, baseline, slug, desc) -> Table:
 def memory_table(g, group, baseline, slug, desc) -> Table:
     def value(r, _b):
         b = r.get("peak_mem_bytes")
-        if not _finite(b):
+        if not finite(b):
             return NOT_RECORDED, {}
         return fmt_num(float(b) / MIB), {"peak_mem_mib": float(b) / MIB, "peak_mem_bytes": b,
                                          "io_bytes": r.get("io_bytes")}
@@ -333,10 +361,10 @@ def gflops_table(g, group, baseline, slug, desc) -> Table:
 
     def value(r, _b):
         gf, frac = r.get("gflops_per_s"), r.get("peak_fraction")
-        if not _finite(gf):
+        if not finite(gf):
             return NOT_RECORDED, {}
-        c = fmt_num(gf) + (f" ({100 * float(frac):.0f}%)" if _finite(frac) else "")
-        return c, {"gflops_per_s": gf, "peak_fraction": frac if _finite(frac) else None}
+        c = fmt_num(gf) + (f" ({100 * float(frac):.0f}%)" if finite(frac) else "")
+        return c, {"gflops_per_s": gf, "peak_fraction": frac if finite(frac) else None}
 
     return _grid_table(g, group, baseline, name=f"gflops_{slug}", value=value,
                        title=f"Achieved GFLOP/s (fraction of the measured GEMM peak in parentheses) — {desc}",
@@ -368,7 +396,7 @@ def _reasons_notes(g: pd.DataFrame) -> list[str]:
 # --------------------------------------------------------------------------------------------
 def fit_points(v: pd.DataFrame, col: str, min_n: int) -> tuple[pd.DataFrame, str]:
     """ok rows with a positive value; n >= min_n when two distinct such n exist, else all."""
-    ok = v[(v["status"] == "ok") & v[col].map(_finite)]
+    ok = v[(v["status"] == "ok") & v[col].map(finite)]
     ok = ok[ok[col].astype(float) > 0]
     big = ok[ok["seq_len"] >= min_n]
     if big["seq_len"].nunique() >= 2:
@@ -461,8 +489,8 @@ def crossover_points(v: pd.DataFrame, b: pd.DataFrame) -> list[tuple[int, str, f
     pts = []
     for n in sorted(set(vb) & set(bb)):
         rv, rb = vb[n], bb[n]
-        vok = rv["status"] == "ok" and _finite(rv.get("time_ms_median"))
-        bok = rb["status"] == "ok" and _finite(rb.get("time_ms_median"))
+        vok = rv["status"] == "ok" and finite(rv.get("time_ms_median"))
+        bok = rb["status"] == "ok" and finite(rb.get("time_ms_median"))
         if vok and bok:
             r = float(rb["time_ms_median"]) / float(rv["time_ms_median"])
             pts.append((n, "win" if r > 1 else "loss", r))
@@ -520,7 +548,7 @@ def crossover_table(g, group, baseline, slug, desc) -> Table:
 # accuracy and attention statistics (only when the rows carry them)
 # --------------------------------------------------------------------------------------------
 def has_column(g: pd.DataFrame, col: str) -> bool:
-    return col in g.columns and g[col].map(_finite).any()
+    return col in g.columns and g[col].map(finite).any()
 
 
 def accuracy_table(g, group, baseline, slug, desc) -> Table | None:
@@ -532,7 +560,7 @@ def accuracy_table(g, group, baseline, slug, desc) -> Table | None:
         rec = {"variant": lab, "family": v["family"].iloc[0], "exact": bool(v["exact"].iloc[0])}
         cells = [lab, str(rec["family"]), "yes" if rec["exact"] else "approx"]
         for col in ("rel_err", "rel_err_sharp"):
-            vals = v[col].map(lambda x: float(x) if _finite(x) else np.nan).dropna() if col in v else pd.Series(dtype=float)
+            vals = v[col].map(lambda x: float(x) if finite(x) else np.nan).dropna() if col in v else pd.Series(dtype=float)
             val = float(vals.median()) if len(vals) else None
             rec[col] = val
             cells.append(fmt_sci(val) if val is not None else (NOT_MEASURED if rec["exact"] else NOT_RECORDED))
@@ -599,3 +627,180 @@ def stats_table(g, group, baseline, slug, desc) -> Table | None:
     return Table(name=f"stats_{slug}", title=f"Attention statistics — {desc}", header=["variant", "n", *keys],
                  rows=rows, csv=_csv_frame(csv_recs, group, ["variant", "seq_len", *keys]),
                  align="lr" + "r" * len(keys))
+
+
+# --------------------------------------------------------------------------------------------
+# parameter sweeps: one variant at several settings that differ in one parameter
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Sweep:
+    """A sweep of ``param`` of ``variant`` in one group: its settings in value order, measured
+    at one fixed n (the largest n at which every setting ran ok; see :func:`sweep_n`)."""
+
+    variant: str
+    param: str
+    subject: str  # file-name part: <variant slug>[-<other swept params' values>][-kv<h>]
+    kv_heads: int
+    labels: list[str]  # one per setting, in value order
+    values: list[Any]  # the swept parameter's value per setting
+    params_keys: list[str]
+    n: int | None = None
+    n_rule: str = ""
+
+    @property
+    def stem(self) -> str:
+        return f"{self.param}_{self.subject}"
+
+    @property
+    def numeric(self) -> bool:
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.values)
+
+    def value_text(self, i: int) -> str:
+        return format_value(self.values[i])
+
+
+def file_slug(s: str) -> str:
+    """File-name text: lower case, runs of other characters as one hyphen."""
+    return re.sub(r"[^a-z0-9]+", "-", str(s).lower()).strip("-") or "x"
+
+
+def varying_keys(settings: Sequence[dict]) -> list[str]:
+    """The parameter keys whose values differ between ``settings`` (dicts of params), sorted."""
+    keys = sorted({k for p in settings for k in p})
+    return [k for k in keys if len({params_key(p.get(k)) for p in settings}) > 1]
+
+
+def settings_of(v: pd.DataFrame) -> dict[str, dict]:
+    """params_key -> params of one variant's rows."""
+    out: dict[str, dict] = {}
+    for pk, p in zip(v["params_key"], v["params"]):
+        out.setdefault(str(pk), p if isinstance(p, dict) else {})
+    return out
+
+
+def find_sweeps(g: pd.DataFrame) -> list[Sweep]:
+    """Every sweep in one group: per variant (and K/V head count), per parameter, each set of
+    ≥ 2 settings equal in every other parameter. Sorted by variant, parameter, fixed values."""
+    out: list[Sweep] = []
+    multi_kv = g.groupby("variant")["kv_heads"].nunique()
+    for (variant, kv), v in g.groupby(["variant", "kv_heads"], sort=True):
+        settings = settings_of(v)
+        if len(settings) < 2:
+            continue
+        vary = varying_keys(list(settings.values()))
+        labels = v.groupby("params_key")["label"].first()
+        for k in vary:
+            parts: dict[str, list[str]] = {}
+            for pk, p in settings.items():
+                parts.setdefault(params_key({o: p.get(o) for o in vary if o != k}), []).append(pk)
+            parts = {r: m for r, m in parts.items() if len(m) >= 2}
+            for rest, members in sorted(parts.items()):
+                members.sort(key=lambda pk: value_sort_key(settings[pk].get(k)))
+                subject = file_slug(variant)
+                if len(parts) > 1:  # the same parameter swept at several values of another
+                    subject += "-" + file_slug(format_params(dict(sorted(json.loads(rest).items()))))
+                if multi_kv[variant] > 1:
+                    subject += f"-kv{int(kv)}"
+                out.append(Sweep(str(variant), k, subject, int(kv), [str(labels[pk]) for pk in members],
+                                 [settings[pk].get(k) for pk in members], members))
+    for s in out:
+        s.n, s.n_rule = sweep_n(g, s)
+    return [s for s in out if s.n is not None]  # no n shared by the settings: nothing to compare at
+
+
+def _sweep_rows(g: pd.DataFrame, s: Sweep) -> pd.DataFrame:
+    return g[(g["variant"] == s.variant) & (g["kv_heads"] == s.kv_heads) & g["params_key"].isin(s.params_keys)]
+
+
+def sweep_n(g: pd.DataFrame, s: Sweep) -> tuple[int | None, str]:
+    """The fixed n of a sweep: the largest n at which every setting ran ok with a time; else the
+    largest n measured for every setting (failures then show their mark); else none."""
+    rows = _sweep_rows(g, s)
+    ok = rows[(rows["status"] == "ok") & rows["time_ms_median"].map(finite)]
+    for frame, rule in ((ok, "the largest n at which every setting ran"),
+                        (rows, "the largest n measured for every setting (not every setting ran there)")):
+        per = [set(frame[frame["params_key"] == pk]["seq_len"].astype(int)) for pk in s.params_keys]
+        common = set.intersection(*per) if per else set()
+        if common:
+            return max(common), rule
+    return None, "no n measured for every setting"
+
+
+def _median_of(v: pd.DataFrame, col: str) -> float | None:
+    if col not in v:
+        return None
+    vals = v[col].map(lambda x: float(x) if finite(x) else np.nan).dropna()
+    return float(vals.median()) if len(vals) else None
+
+
+def sweep_records(g: pd.DataFrame, s: Sweep, baseline: str) -> list[dict]:
+    """One record per setting at the sweep's n: status, time, IQR, memory, speed-up vs the
+    baseline at that n, and rel_err / rel_err_sharp (median over the setting's rows)."""
+    rows = _sweep_rows(g, s)
+    base = g[(g["label"] == baseline) & (g["seq_len"] == s.n)]
+    b = base.iloc[0].to_dict() if len(base) else None
+    b_ok = b is not None and b.get("status") == "ok" and finite(b.get("time_ms_median"))
+    recs = []
+    for i, (pk, lab) in enumerate(zip(s.params_keys, s.labels)):
+        v = rows[rows["params_key"] == pk]
+        at = v[v["seq_len"] == s.n]
+        r = at.iloc[0].to_dict() if len(at) else None
+        m = mark(r)
+        rec = {"variant": s.variant, "label": lab, "param": s.param,
+               "value": s.values[i] if s.numeric else s.value_text(i), "value_text": s.value_text(i),
+               "seq_len": s.n, "status": r["status"] if r is not None else "not_measured", "mark": m or "",
+               "time_ms_median": None, "time_ms_iqr": None, "peak_mem_mib": None, "speedup": None,
+               "baseline_time_ms": float(b["time_ms_median"]) if b_ok else None,
+               "baseline_peak_mem_mib": float(b["peak_mem_bytes"]) / MIB if b_ok and finite(b.get("peak_mem_bytes"))
+               else None,
+               "rel_err": _median_of(v, "rel_err"), "rel_err_sharp": _median_of(v, "rel_err_sharp")}
+        if m is None and finite(r.get("time_ms_median")):
+            t = float(r["time_ms_median"])
+            rec.update(time_ms_median=t, time_ms_iqr=float(r["time_ms_iqr"]) if finite(r.get("time_ms_iqr")) else None,
+                       peak_mem_mib=float(r["peak_mem_bytes"]) / MIB if finite(r.get("peak_mem_bytes")) else None,
+                       speedup=float(b["time_ms_median"]) / t if b_ok and t > 0 else None)
+        recs.append(rec)
+    return recs
+
+
+def _sweep_cells(rec: dict, with_base: bool, with_err: bool) -> list[str]:
+    t = rec["time_ms_median"]
+    if rec["mark"]:
+        cells = [rec["mark"], rec["mark"]]
+    elif t is None:
+        cells = [NOT_RECORDED, NOT_RECORDED]
+    else:
+        cells = [fmt_with_spread(t, rec["time_ms_iqr"]),
+                 fmt_num(rec["peak_mem_mib"]) if rec["peak_mem_mib"] is not None else NOT_RECORDED]
+    if with_base:
+        cells.append(rec["mark"] or (fmt_ratio(rec["speedup"]) if rec["speedup"] is not None else NO_BASE))
+    if with_err:
+        cells += [fmt_sci(rec[c]) for c in ("rel_err", "rel_err_sharp")]
+    return [rec["value_text"], rec["label"], *cells]
+
+
+def sweep_table(g, group, s: Sweep, baseline, slug, desc) -> Table:
+    """One row per setting of a sweep at its fixed n: value, time [IQR], memory, speed-up vs the
+    baseline (when the group has it), rel_err / rel_err_sharp (when the rows carry them)."""
+    recs = sweep_records(g, s, baseline)
+    with_base = baseline in set(g["label"])
+    with_err = any(r[c] is not None for r in recs for c in ("rel_err", "rel_err_sharp"))
+    header = [s.param, "variant", "time (ms) [IQR]", "peak memory (MiB)",
+              *([f"speed-up vs {baseline}"] if with_base else []),
+              *(["rel_err (gaussian)", "rel_err (sharp)"] if with_err else [])]
+    notes = [f"One row per setting of {s.param} ({s.variant}, other parameters as in the variant column), "
+             f"at n = {s.n}: {s.n_rule}. Time: median per call, interquartile range of the timed repeats in "
+             f"brackets; memory: peak above the inputs."]
+    if with_base:
+        bt = recs[0]["baseline_time_ms"]
+        notes.append(f"Speed-up = {baseline} median time / setting median time at n = {s.n} ({baseline}: "
+                     + (f"{fmt_num(bt)} ms)." if bt is not None else "did not run there)."))
+    if with_err:
+        notes.append("rel_err: relative error vs exact softmax attention on gaussian and on sharp inputs "
+                     "(attnbench.approx, n = 1024), median over the setting's rows.")
+    cols = ["variant", "label", "param", "value", "seq_len", "status", "mark", "time_ms_median", "time_ms_iqr",
+            "peak_mem_mib", "speedup", "baseline_time_ms", "rel_err", "rel_err_sharp"]
+    return Table(name=f"sweep_{s.stem}_{slug}",
+                 title=f"Sweep of {s.param} for {s.variant} at n = {s.n} — {desc}", header=header,
+                 rows=[_sweep_cells(r, with_base, with_err) for r in recs],
+                 csv=_csv_frame(recs, group, cols), align="ll" + "r" * (len(header) - 2), notes=notes)
