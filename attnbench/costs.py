@@ -55,10 +55,13 @@ def fused_bytes(shape: Shape, params=None) -> float:
     autograd the saved output and the three gradients (the backward recomputes scores)."""
     lse = shape.batch * shape.heads * shape.seq_len * 4.0
     fwd = out_bytes(shape) + lse
+    back = grad_bytes(shape)
+    if shape.kv_heads != shape.heads:  # the backward expands K and V to every query head (measured)
+        back += 2.0 * shape.batch * shape.heads * shape.kv_len * shape.head_dim * shape.element_size
     if shape.mode == "fwd+bwd":
-        return fwd + grad_bytes(shape)
+        return fwd + back
     if shape.mode == "bwd":
-        return grad_bytes(shape)
+        return back
     return fwd
 
 
