@@ -193,6 +193,18 @@ def test_sweep_failed_rows_carry_no_measurements(sweep):
             assert r.get("gflops_per_s") is None and r.get("peak_fraction") is None
 
 
+def test_every_row_has_every_field_and_the_run_ends_with_parquet(sweep):
+    """One row schema for every status (an unsupported row has time_ms_median: null, not no key)."""
+    import pandas as pd
+
+    from attnbench.schema import NAMES
+
+    for r in sweep["rows"]:
+        assert list(r) == list(NAMES), r["variant"]
+    df = pd.read_parquet(sweep["out"] / "results.parquet")
+    assert len(df) == len(sweep["rows"]) and set(df["status"]) == {r["status"] for r in sweep["rows"]}
+
+
 def test_timeout_is_enforced_promptly(sweep):
     """The hang case costs about its limit, not an hour; the whole sweep stays bounded."""
     assert sweep["wall_s"] < 120
