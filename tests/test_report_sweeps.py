@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from attnbench.report import build as B
-from attnbench.report import tables as T
+from attnbench.report import sweeps as S
 
 NS = (2048, 4096, 8192)
 WINDOWS = (32, 64, 128, 256, 512, 1024)
@@ -172,14 +172,15 @@ def test_approximate_sweep_has_errors_and_a_tradeoff_figure(report):
 
 
 def test_tradeoff_figure_has_one_point_per_setting(run_dir):
-    from attnbench.report import figures as F
+    from attnbench.report.figures import Style
+    from attnbench.report.sweep_figures import tradeoff_figure
 
     df = B.load([run_dir]).frame
     g = df  # one group
-    s = next(x for x in T.find_sweeps(g) if x.param == "nb_features")
-    recs = T.sweep_records(g, s, "full@sdpa")
-    fig = F.tradeoff_figure(s, recs, "full@sdpa", F.Style.from_frame(df), g[g["variant"] == s.variant].iloc[0],
-                            "desc")
+    s = next(x for x in S.find_sweeps(g) if x.param == "nb_features")
+    recs = S.sweep_records(g, s, "full@sdpa")
+    fig = tradeoff_figure(s, recs, "full@sdpa", Style.from_frame(df), g[g["variant"] == s.variant].iloc[0],
+                          "desc")
     ax = fig.axes[0]
     series = [ln for ln in ax.get_lines() if str(ln.get_label()).startswith("rel_err")]
     assert len(series) == 2 and all(len(ln.get_xdata()) == len(FEATURES) for ln in series)
@@ -210,7 +211,7 @@ def test_two_swept_parameters_and_a_grid(tmp_path):
             rows += [row("bigbird@blocked", n, family="sparse", params=p, label=f"block={b},random_blocks={rb}",
                          t=1e-4 * n * (b + rb), mem=1.0 * n) for n in NS]
     df = B.load([write_run(tmp_path / "r", rows)]).frame
-    stems = sorted(s.stem for s in T.find_sweeps(df))
+    stems = sorted(s.stem for s in S.find_sweeps(df))
     assert stems == ["block_bigbird-blocked-random-blocks-0", "block_bigbird-blocked-random-blocks-3",
                      "random_blocks_bigbird-blocked-block-32", "random_blocks_bigbird-blocked-block-64"]
 

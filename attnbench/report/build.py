@@ -98,20 +98,36 @@ def _started_key(info: dict) -> str:
 
 
 def load(inputs: Sequence[Path]) -> Loaded:
+    """Read, merge and label the rows of ``inputs``: one frame of every run's rows with the
+    run's fields as columns, the latest run's row per case, a ``label`` per variant setting."""
     import pandas as pd
-
-    from attnbench.report import tables as T
-    from attnbench.results import read_rows, upgraded
-    from attnbench.schema import KEY_FIELDS, NAMES, params_key
 
     if not inputs:
         raise ReportError("RESULTS: give at least one result directory or results.jsonl file")
+    files, notes = _input_files(inputs)
+    runs: list[RunInfo] = []
+    frames = []
+    for label, f in files:
+        run, df = _read_run(label, f, len(runs))
+        runs.append(run)
+        if df is None:
+            notes.append(f"{label}: results.jsonl has no complete rows.")
+            continue
+        frames.append(df)
+    if not frames:
+        raise ReportError("RESULTS " + ", ".join(repr(r.path) for r in runs) +
+                          ": no result rows to report (results.jsonl empty); run `python -m attnbench run` first")
+    df, merge_notes = _latest_rows(_normalised(pd.concat(frames, ignore_index=True)))
+    return Loaded(_labels(df), runs, notes + merge_notes)
+
+
+def _input_files(inputs: Sequence[Path]) -> tuple[list[tuple[str, Path]], list[str]]:
+    """(label, results.jsonl) per file the inputs stand for, each file once; notes on repeats."""
     files: list[tuple[str, Path]] = []
     notes: list[str] = []
     seen: set[Path] = set()
     for raw in inputs:
-        p = Path(raw)
-        for f in _expand(p):
+        for f in _expand(Path(raw)):
             key = f.resolve()
             if key in seen:
                 notes.append(f"{f} was given more than once; read once.")
@@ -119,36 +135,47 @@ def load(inputs: Sequence[Path]) -> Loaded:
             seen.add(key)
             label = str(f.parent) if f.name == "results.jsonl" else str(f)
             files.append((label, f))
-    runs: list[RunInfo] = []
-    frames = []
-    for label, f in files:
-        try:
-            rows = upgraded(read_rows(f))
-        except ValueError as e:
-            raise ReportError(f"RESULTS {str(f)!r}: {e}") from None
-        rj = f.parent / "run.json"
-        try:
-            info = json.loads(rj.read_text()) if rj.is_file() else {}
-        except json.JSONDecodeError as e:
-            raise ReportError(f"RESULTS {str(rj)!r}: run.json is not valid JSON ({e.msg} at line {e.lineno})") from None
-        runs.append(RunInfo(label, f, info, len(rows)))
-        if not rows:
-            notes.append(f"{label}: results.jsonl has no complete rows.")
-            continue
-        df = pd.DataFrame(rows)
-        df["run"] = label
-        df["run_started_at"] = info.get("started_at")
-        df["_order"] = range(len(df))
-        df["_started"] = _started_key(info)
-        df["_input"] = len(runs) - 1
-        for k in RUN_FIELDS:
-            if k != "started_at":
-                df[k] = info.get(k)
-        frames.append(df)
-    if not frames:
-        raise ReportError("RESULTS " + ", ".join(repr(r.path) for r in runs) +
-                          ": no result rows to report (results.jsonl empty); run `python -m attnbench run` first")
-    df = pd.concat(frames, ignore_index=True)
+    return files, notes
+
+
+def _read_run(label: str, f: Path, index: int) -> tuple[RunInfo, pd.DataFrame | None]:
+    """One results.jsonl (rows upgraded to the current schema) and its run.json; the frame carries
+    the run's fields and the merge order (``_started``, ``_input`` = ``index``, ``_order``), or is
+    None when the file has no complete rows."""
+    import pandas as pd
+
+    from attnbench.results import read_rows, upgraded
+
+    try:
+        rows = upgraded(read_rows(f))
+    except ValueError as e:
+        raise ReportError(f"RESULTS {str(f)!r}: {e}") from None
+    rj = f.parent / "run.json"
+    try:
+        info = json.loads(rj.read_text()) if rj.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise ReportError(f"RESULTS {str(rj)!r}: run.json is not valid JSON ({e.msg} at line {e.lineno})") from None
+    run = RunInfo(label, f, info, len(rows))
+    if not rows:
+        return run, None
+    df = pd.DataFrame(rows)
+    df["run"] = label
+    df["run_started_at"] = info.get("started_at")
+    df["_order"] = range(len(df))
+    df["_started"] = _started_key(info)
+    df["_input"] = index
+    for k in RUN_FIELDS:
+        if k != "started_at":
+            df[k] = info.get(k)
+    return run, df
+
+
+def _normalised(df: pd.DataFrame) -> pd.DataFrame:
+    """Every schema column present, statuses checked, the grouping columns filled (unknown
+    device, not causal, family "?", pattern and kernel from the variant name)."""
+    from attnbench.report import tables as T
+    from attnbench.schema import NAMES, params_key
+
     for c in NAMES:
         if c not in df.columns:
             df[c] = None
@@ -163,16 +190,21 @@ def load(inputs: Sequence[Path]) -> Loaded:
     df["family"] = df["family"].fillna("?").astype(str)
     for c, fn in (("pattern", lambda v: v.split("@")[0]), ("kernel", lambda v: v.split("@")[-1])):
         df[c] = [p if isinstance(p, str) else fn(v) for p, v in zip(df[c], df["variant"])]
-    # the same case measured twice (overlapping runs): the latest run's row wins
+    return df
+
+
+def _latest_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The same case measured twice (overlapping runs): the latest run's row wins (run.json
+    started_at, then input order, then row order); notes say which run replaced which."""
+    from attnbench.schema import KEY_FIELDS
+
     key = [*(f if f != "params" else "params_key" for f in KEY_FIELDS), "device_name"]
     df = df.sort_values(["_started", "_input", "_order"], kind="mergesort").reset_index(drop=True)
     kf = df[key].astype(str)
     dup = kf.duplicated(keep="last")
-    if dup.any():
-        notes.extend(_dedupe_notes(df, kf, dup))
-        df = df[~dup].reset_index(drop=True)
-    df = _labels(df)
-    return Loaded(df, runs, notes)
+    if not dup.any():
+        return df, []
+    return df[~dup].reset_index(drop=True), _dedupe_notes(df, kf, dup)
 
 
 def _dedupe_notes(df: pd.DataFrame, kf: pd.DataFrame, dup: pd.Series) -> list[str]:
@@ -208,13 +240,13 @@ def _shown_params(df: pd.DataFrame, gcols: list[str]) -> pd.Series:
     differ between them even at their default (a window sweep's default setting reads
     ``window=256``, not the bare name among ``window=32``, ``window=1024``)."""
     from attnbench.params import format_params
-    from attnbench.report import tables as T
+    from attnbench.report import sweeps as S
 
     text = df["param_label"].copy()
     for _, v in df.groupby([*gcols, "variant"], sort=False, dropna=False):
         if v["params_key"].nunique() < 2:
             continue
-        vary = T.varying_keys(list(T.settings_of(v).values()))
+        vary = S.varying_keys(list(S.settings_of(v).values()))
         for i, p in zip(v.index, v["params"]):
             have = {kv.split("=", 1)[0] for kv in text[i].split(",") if kv}
             add = {k: p.get(k) for k in vary if k not in have and isinstance(p, dict)}
@@ -304,6 +336,7 @@ def _clean(out: Path) -> None:
 def build_report(inputs: list[Path], out: Path, baseline: str = "full@sdpa", *, figures: bool = True,
                  min_fit_n: int = 2048) -> list[Path]:
     """Write tables, figures and README.md for ``inputs`` into ``out``; returns the files written."""
+    from attnbench.report import sweeps as S
     from attnbench.report import tables as T
 
     loaded = load([Path(p) for p in inputs])
@@ -318,11 +351,12 @@ def build_report(inputs: list[Path], out: Path, baseline: str = "full@sdpa", *, 
     style = None
     if figures:
         from attnbench.report.figures import Style
+        from attnbench.report.sweep_figures import write_sweep_figures
 
         style = Style.from_frame(df)
     for g, gdf in groups(df):
         slug, desc = g["slug"], describe(g)
-        sweeps = T.find_sweeps(gdf)
+        sweeps = S.find_sweeps(gdf)
         lines = [f"## {desc}", ""]
         variants = sorted(set(gdf["label"]))
         runs_here = sorted(set(gdf["run"]))
@@ -331,7 +365,7 @@ def build_report(inputs: list[Path], out: Path, baseline: str = "full@sdpa", *, 
         if baseline not in set(gdf["label"]):
             lines.append(f"{baseline} was not run in this group: no speed-up or crossover tables here.")
         lines += ["", "Tables:", ""]
-        tabs = _group_tables(gdf, g, baseline, declared, min_fit_n) + _sweep_tables(gdf, g, sweeps, baseline)
+        tabs = _group_tables(gdf, g, baseline, declared, min_fit_n) + S.sweep_tables(gdf, g, sweeps, baseline, desc)
         for what, t in tabs:
             if t is None:
                 continue
@@ -341,7 +375,7 @@ def build_report(inputs: list[Path], out: Path, baseline: str = "full@sdpa", *, 
         if figures:
             lines += ["", "Figures:", ""]
             written_figs = _group_figures(gdf, g, baseline, style, out / "figures", desc)
-            written_figs += _sweep_figures(gdf, g, sweeps, baseline, style, out / "figures", desc, declared)
+            written_figs += write_sweep_figures(gdf, g, sweeps, baseline, style, out / "figures", desc, declared)
             for what, stem in written_figs:
                 written += [out / "figures" / f"{stem}.png", out / "figures" / f"{stem}.pdf"]
                 lines.append(f"- {what}: [png](figures/{stem}.png) · [pdf](figures/{stem}.pdf)")
@@ -374,23 +408,6 @@ def _group_tables(gdf, g, baseline: str, declared: dict, min_fit_n: int) -> list
     ]
 
 
-def _sweep_tables(gdf, g, sweeps, baseline: str) -> list[tuple[str, Any]]:
-    from attnbench.report import tables as T
-
-    has_base = baseline in set(gdf["label"])
-    return [(f"Sweep of {s.param} for {s.variant} ({len(s.values)} settings) at n = {s.n}: time, memory"
-             + (", speed-up" if has_base else "") + (", rel_err" if _is_approx(gdf, s) else ""),
-             T.sweep_table(gdf, g, s, baseline, g["slug"], describe(g))) for s in sweeps]
-
-
-def _is_approx(gdf, s) -> bool:
-    """An approximate variant with an error figure: it gets a speed/error trade-off figure."""
-    from attnbench.report import tables as T
-
-    v = gdf[gdf["variant"] == s.variant]
-    return not bool(v["exact"].fillna(True).iloc[0]) and T.has_column(v, "rel_err")
-
-
 def _group_figures(gdf, g, baseline, style, fig_dir: Path, desc: str) -> list[tuple[str, str]]:
     import matplotlib
 
@@ -415,35 +432,6 @@ def _group_figures(gdf, g, baseline, style, fig_dir: Path, desc: str) -> list[tu
             stem = f"bubble_{g['slug']}"
             F.save(fig, fig_dir / stem)
             made.append(("Accuracy vs time vs memory (bubble area ∝ memory)", stem))
-    return made
-
-
-def _sweep_figures(gdf, g, sweeps, baseline, style, fig_dir: Path, desc: str, declared: dict) -> list[tuple[str, str]]:
-    """Per sweep: time and memory vs the parameter; for approximate variants the trade-off too."""
-    import matplotlib
-
-    from attnbench.report import figures as F
-    from attnbench.report import tables as T
-
-    made = []
-    subjects = [s.subject for s in sweeps]
-    with matplotlib.rc_context(F.rc_params()):
-        for s in sweeps:
-            recs = T.sweep_records(gdf, s, baseline)
-            first = gdf[gdf["variant"] == s.variant].iloc[0].to_dict()
-            doc = declared.get(s.variant, {}).get("params", {}).get(s.param, {}).get("doc", "")
-            stem = f"sweep_{s.stem}_{g['slug']}"
-            F.save(F.sweep_figure(s, recs, baseline, style, first, desc, doc), fig_dir / stem)
-            made.append((f"Sweep of {s.param} for {s.variant}: median time (IQR bars) and peak memory vs "
-                         f"{s.param} at n = {s.n} ({s.n_rule})", stem))
-            fig = F.tradeoff_figure(s, recs, baseline, style, first, desc) if _is_approx(gdf, s) else None
-            if fig is not None:
-                # two sweeps of one variant (two parameters) would share the name: the parameter tells them apart
-                sub = s.subject if subjects.count(s.subject) == 1 else s.stem
-                stem = f"tradeoff_{sub}_{g['slug']}"
-                F.save(fig, fig_dir / stem)
-                made.append((f"Speed/error trade-off of {s.variant} over {s.param}: rel_err and rel_err_sharp "
-                             f"vs median time at n = {s.n}, one point per setting", stem))
     return made
 
 

@@ -9,7 +9,8 @@ the top edge of the axes at the n that failed, with a legend entry; variants tha
 the right. A group with many variants is split into one panel per family.
 
 Output is deterministic: no pyplot state, fixed rcParams (``svg.hashsalt``), sorted iteration,
-PDF without a creation date.
+PDF without a creation date. The figures of parameter sweeps are in
+:mod:`attnbench.report.sweep_figures`.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from attnbench.report.tables import (FAMILY_ORDER, MIB, Sweep, family_rank, finite, param_sort_key, row_order,
-                                     settings_of)
+from attnbench.report.sweeps import settings_of
+from attnbench.report.tables import FAMILY_ORDER, MIB, family_rank, finite, param_sort_key, row_order
 
 DPI = 150
 FACET_ABOVE = 8  # more variants than this in one group: one panel per family
@@ -43,7 +44,6 @@ FAIL_STYLE = {
 NO_BASE_STYLE = ("|", "baseline did not run")
 REF_STYLE = dict(color="0.55", lw=1.0, ls=(0, (4, 3)), zorder=1)
 SETTING_LIGHTNESS = (0.22, 0.70)  # darkest and lightest line of one variant's settings
-BASE_REF_STYLE = dict(color="0.15", lw=1.0, ls=(0, (6, 3)), zorder=2)  # the baseline in sweep figures
 
 
 def rc_params() -> dict:
@@ -169,7 +169,9 @@ def _set_n_axis(ax, ns: Sequence[int]) -> None:
     ax.set_xlim(lo / pad, hi * pad)
 
 
-def _set_log_y(ax, ys: Sequence[float], headroom: bool) -> tuple[float, float]:
+def set_log_y(ax, ys: Sequence[float], headroom: bool) -> tuple[float, float]:
+    """Log y axis over the positive finite ``ys`` (1-10 when none), 8% of the span as margin;
+    32% above with ``headroom`` (the failure strip at the top edge). Returns (bottom, top)."""
     ys = [y for y in ys if y > 0 and math.isfinite(y)]
     if not ys:
         lo, hi = 1.0, 10.0
@@ -183,7 +185,8 @@ def _set_log_y(ax, ys: Sequence[float], headroom: bool) -> tuple[float, float]:
     return 10 ** bottom, 10 ** top
 
 
-def _legend(ax) -> None:
+def legend_outside(ax) -> None:
+    """The axes' legend outside the axes on the right, top-aligned (none without entries)."""
     handles, labels = ax.get_legend_handles_labels()
     if handles:
         ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
@@ -251,81 +254,138 @@ def panels_for(g: pd.DataFrame, baseline: str) -> list[tuple[str, list[str]]]:
     return [(f"family: {f}", [lab for lab in labels if fam[lab] == f]) for f in fams]
 
 
+@dataclass
+class _Lines:
+    """What every panel of one line figure reads: the group's rows by (label, n) and the first
+    row per label (family, pattern, kernel, params for the line style)."""
+
+    g: pd.DataFrame
+    metric: str
+    baseline: str
+    style: Style
+    ns: list[int]  # every n of the group, ascending
+    rec: dict[tuple[str, int], dict]
+    first: dict[str, dict]
+
+    @property
+    def m(self) -> Metric:
+        return METRICS[self.metric]
+
+
+@dataclass
+class _Panel:
+    """What drawing one panel's lines left for its axes and for the figure's notes."""
+
+    ys: list[float] = field(default_factory=list)  # every drawn value (y limits)
+    fails: dict[int, list[tuple[str, str]]] = field(default_factory=dict)  # n -> (label, status): top strip
+    drawn: int = 0
+    never: list[str] = field(default_factory=list)  # labels unsupported at every n
+    zero_mem: int = 0  # ok memory points of 0 bytes: not drawable on a log axis
+
+
 def line_figure(g: pd.DataFrame, metric: str, baseline: str, style: Style, title_desc: str):
     """time / memory / speedup / throughput vs n for one group; returns a matplotlib Figure."""
-    m = METRICS[metric]
-    ns = sorted(int(n) for n in g["seq_len"].unique())
-    rec = {(r["label"], int(r["seq_len"])): r for r in g.to_dict("records")}
-    first = g.groupby("label", sort=True).first().to_dict("index")
+    d = _Lines(g, metric, baseline, style, ns=sorted(int(n) for n in g["seq_len"].unique()),
+               rec={(r["label"], int(r["seq_len"])): r for r in g.to_dict("records")},
+               first=g.groupby("label", sort=True).first().to_dict("index"))
     panels = panels_for(g, baseline)
     fig, axes = _new_figure(len(panels))
     never, zero_mem = [], 0
     for ax, (ptitle, labels) in zip(axes, panels):
-        show = list(labels)
-        if m.ref_slopes or metric == "throughput":
-            if baseline in first and baseline not in show:
-                show = [baseline] + show  # the bar every panel is read against
-        ys_all: list[float] = []
-        fails: dict[int, list[tuple[str, str]]] = {}
-        drawn = 0
-        if m.speedup:
-            ax.axhline(1.0, color="0.15", lw=1.0, zorder=2, label=f"{baseline} (= 1)")
-            ys_all.append(1.0)
-        for lab in show:
-            f = first[lab]
-            if m.speedup and lab == baseline:
-                continue
-            xs, ys = [], []
-            for n in ns:
-                r = rec.get((lab, n))
-                if r is None:
-                    continue
-                y = metric_value(metric, r, rec.get((baseline, n)))
-                if y is not None:
-                    xs.append(n)
-                    ys.append(y)
-                elif r["status"] != "ok" and lab in labels:
-                    fails.setdefault(n, []).append((lab, r["status"]))
-                elif r["status"] == "ok" and m.speedup and lab in labels:
-                    fails.setdefault(n, []).append((lab, "no_base"))
-                elif r["status"] == "ok" and metric == "memory" and finite(r.get("peak_mem_bytes")):
-                    zero_mem += 1
-            statuses = set(g[g["label"] == lab]["status"])
-            kw = style.kw(f)
-            if not xs:
-                if lab in labels and statuses <= {"unsupported"}:
-                    never.append(lab)
-                    fails = {n: [x for x in v if x[0] != lab] for n, v in fails.items()}
-                elif lab in labels and any(x[0] == lab for v in fails.values() for x in v):
-                    ax.plot([], [], label=f"{lab} (no point drawn)", **kw)  # its colour for the strip
-                continue
-            is_ref_copy = lab == baseline and lab not in labels
-            if is_ref_copy:
-                kw.update(color="0.15", ls="-", lw=1.0, alpha=0.8)
-            name = f"{lab} (baseline)" if lab == baseline else lab
-            ax.plot(xs, ys, label=name, markersize=4.5 if not is_ref_copy else 3.5, zorder=3, **kw)
-            ys_all.extend(ys)
-            drawn += 1
-        lo, hi = _set_log_y(ax, ys_all, headroom=bool(fails))
-        _set_n_axis(ax, ns)
-        if m.ref_slopes and ys_all:
-            _reference_slopes(ax, g, labels, rec, metric, ns, hi)
-        _failure_strip(ax, fails, first, style)
-        ax.set_ylabel(m.ylabel)
-        if metric == "speedup":
-            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"{y:g}"))
-            ax.yaxis.set_minor_formatter(NullFormatter())
-        if ptitle:
-            ax.set_title(ptitle, loc="left", fontsize=9)
-        if not drawn and not fails:
-            ax.text(0.5, 0.5, "nothing ran in this panel", transform=ax.transAxes, ha="center", color="0.4")
-        _legend(ax)
+        p = _draw_lines(ax, d, labels)
+        _finish_panel(ax, d, labels, ptitle, p)
+        never += p.never
+        zero_mem += p.zero_mem
     axes[-1].set_xlabel("sequence length n (tokens" + (" in the KV cache)" if "decode" in title_desc else ")"))
-    extra = f"vs {baseline}" if m.speedup else ""
-    fig.suptitle(f"{m.title} {extra}".strip() + f"\n{title_desc}", fontsize=10)
+    extra = f"vs {baseline}" if d.m.speedup else ""
+    fig.suptitle(f"{d.m.title} {extra}".strip() + f"\n{title_desc}", fontsize=10)
+    _line_notes(fig, g, metric, title_desc, never, zero_mem)
+    return fig
+
+
+def _points(d: _Lines, lab: str) -> tuple[list[int], list[float], list[tuple[int, str]], int]:
+    """One label's points: xs (n) and ys where the metric has a value; (n, status) where it has
+    none ("no_base" where the label ran and the baseline did not); the count of ok memory
+    points of 0 bytes."""
+    xs, ys, missing, zero_mem = [], [], [], 0
+    for n in d.ns:
+        r = d.rec.get((lab, n))
+        if r is None:
+            continue
+        y = metric_value(d.metric, r, d.rec.get((d.baseline, n)))
+        if y is not None:
+            xs.append(n)
+            ys.append(y)
+        elif r["status"] != "ok":
+            missing.append((n, r["status"]))
+        elif d.m.speedup:
+            missing.append((n, "no_base"))
+        elif d.metric == "memory" and finite(r.get("peak_mem_bytes")):
+            zero_mem += 1
+    return xs, ys, missing, zero_mem
+
+
+def _draw_lines(ax, d: _Lines, labels: list[str]) -> _Panel:
+    """One line per label of the panel, the baseline too where it is the bar the panel is read
+    against; labels without a point go to the failure strip or the figure's note."""
+    p = _Panel()
+    show = list(labels)
+    if (d.m.ref_slopes or d.metric == "throughput") and d.baseline in d.first and d.baseline not in show:
+        show = [d.baseline] + show  # the bar every panel is read against
+    if d.m.speedup:
+        ax.axhline(1.0, color="0.15", lw=1.0, zorder=2, label=f"{d.baseline} (= 1)")
+        p.ys.append(1.0)
+    for lab in show:
+        if d.m.speedup and lab == d.baseline:
+            continue
+        xs, ys, missing, zero_mem = _points(d, lab)
+        p.zero_mem += zero_mem
+        if lab in labels:  # the baseline's copy in another family's panel adds no failure marks
+            for n, st in missing:
+                p.fails.setdefault(n, []).append((lab, st))
+        kw = d.style.kw(d.first[lab])
+        if not xs:
+            if lab in labels and set(d.g[d.g["label"] == lab]["status"]) <= {"unsupported"}:
+                p.never.append(lab)  # named under the figure instead; the strip's n keep their headroom
+                p.fails = {n: [x for x in v if x[0] != lab] for n, v in p.fails.items()}
+            elif lab in labels and any(x[0] == lab for v in p.fails.values() for x in v):
+                ax.plot([], [], label=f"{lab} (no point drawn)", **kw)  # its colour for the strip
+            continue
+        is_ref_copy = lab == d.baseline and lab not in labels
+        if is_ref_copy:
+            kw.update(color="0.15", ls="-", lw=1.0, alpha=0.8)
+        name = f"{lab} (baseline)" if lab == d.baseline else lab
+        ax.plot(xs, ys, label=name, markersize=4.5 if not is_ref_copy else 3.5, zorder=3, **kw)
+        p.ys.extend(ys)
+        p.drawn += 1
+    return p
+
+
+def _finish_panel(ax, d: _Lines, labels: list[str], ptitle: str, p: _Panel) -> None:
+    """Axes of one panel: log y (room at the top for the failure strip), n ticks, reference
+    slopes, failure strip, labels and legend."""
+    lo, hi = set_log_y(ax, p.ys, headroom=bool(p.fails))
+    _set_n_axis(ax, d.ns)
+    if d.m.ref_slopes and p.ys:
+        _reference_slopes(ax, d.g, labels, d.rec, d.metric, d.ns, hi)
+    _failure_strip(ax, p.fails, d.first, d.style)
+    ax.set_ylabel(d.m.ylabel)
+    if d.metric == "speedup":
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"{y:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    if ptitle:
+        ax.set_title(ptitle, loc="left", fontsize=9)
+    if not p.drawn and not p.fails:
+        ax.text(0.5, 0.5, "nothing ran in this panel", transform=ax.transAxes, ha="center", color="0.4")
+    legend_outside(ax)
+
+
+def _line_notes(fig, g: pd.DataFrame, metric: str, title_desc: str, never: list[str], zero_mem: int) -> None:
+    """Lines under the figure: variants that never ran, undrawn zero-memory points, how
+    throughput is counted."""
     notes = []
     # also the variants of families that got no panel (nothing of theirs ran)
     st = g.groupby("label")["status"].agg(lambda x: set(x))
@@ -340,7 +400,6 @@ def line_figure(g: pd.DataFrame, metric: str, baseline: str, style: Style, title
     if notes:
         fig.text(0.01, 0.0, "\n".join(textwrap.fill(n, 150) for n in notes), ha="left", va="top",
                  fontsize=7, color="0.3")
-    return fig
 
 
 def _reference_slopes(ax, g, labels, rec, metric, ns, ytop) -> None:
@@ -446,137 +505,4 @@ def bubble_figure(g: pd.DataFrame, baseline: str, style: Style, title_desc: str)
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False,
               title="variant (peak memory)", title_fontsize=8)
-    return fig
-
-
-# --------------------------------------------------------------------------------------------
-# parameter sweeps: time and memory vs the parameter; speed/error trade-off
-# --------------------------------------------------------------------------------------------
-def _spans_decade(vals: Sequence[float]) -> bool:
-    """Log axis when every value is positive and they span more than 10x."""
-    vals = [float(v) for v in vals if v is not None]
-    return bool(vals) and min(vals) > 0 and max(vals) > 10 * min(vals)
-
-
-def _plain_log_ticks(axis, vals: Sequence[float]) -> None:
-    """Ticks of a log axis as plain numbers (0.1, 2, 50), at 1-2-5 steps over short spans."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    vals = [v for v in vals if v is not None and v > 0]
-    decades = math.log10(max(vals) / min(vals)) if vals else 0.0
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 2.5 else (1.0,)))
-    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
-    axis.set_minor_formatter(NullFormatter())
-
-
-def _sweep_x(ax, s: Sweep, param_doc: str) -> list[float]:
-    """x positions of the settings: the values (log when they span > 10x), or 0..k-1 for text."""
-    from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
-
-    log = s.numeric and _spans_decade(s.values)
-    xs = [float(v) for v in s.values] if s.numeric else [float(i) for i in range(len(s.values))]
-    if log:
-        ax.set_xscale("log")
-        ax.set_xlim(min(xs) / 1.4, max(xs) * 1.4)
-    else:
-        pad = 0.08 * (max(xs) - min(xs)) if s.numeric and max(xs) > min(xs) else 0.5  # categories: half a slot
-        ax.set_xlim(min(xs) - pad, max(xs) + pad)
-    ax.xaxis.set_major_locator(FixedLocator(xs))
-    ax.xaxis.set_major_formatter(FixedFormatter([s.value_text(i) for i in range(len(xs))]))
-    ax.xaxis.set_minor_locator(NullLocator())
-    doc = f" — {param_doc}" if param_doc else ""
-    ax.set_xlabel(f"{s.param}{doc}" + (" (log scale)" if log else ""))
-    return xs
-
-
-def _sweep_y(ax, vals: Sequence[float]) -> None:
-    vals = [v for v in vals if v is not None and math.isfinite(v)]
-    if _spans_decade(vals):
-        _set_log_y(ax, vals, headroom=False)
-        _plain_log_ticks(ax.yaxis, vals)
-    elif vals:
-        ax.set_ylim(0, max(vals) * 1.15)
-
-
-def _sweep_panel(ax, s: Sweep, recs: list[dict], key: str, base_key: str, kw: dict, what: str,
-                 param_doc: str, baseline: str) -> None:
-    xs = _sweep_x(ax, s, param_doc)
-    pts = [(x, r[key], r["time_ms_iqr"] if key == "time_ms_median" else None) for x, r in zip(xs, recs)
-           if r[key] is not None]
-    base = recs[0][base_key] if recs else None
-    if pts:
-        err = [e / 2 if e is not None else 0.0 for _, _, e in pts] if key == "time_ms_median" else None
-        # a text parameter's settings are categories: no line between them
-        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=err, color=kw["color"], marker=kw["marker"],
-                    ls="-" if s.numeric else "none", capsize=3, markersize=5, zorder=3, label=f"{s.variant}")
-    else:
-        ax.text(0.5, 0.5, f"{what} not recorded", transform=ax.transAxes, ha="center", color="0.4")
-    if base is not None:
-        ax.axhline(base, **BASE_REF_STYLE, label=f"{baseline} at n = {s.n}")
-    _sweep_y(ax, [p[1] for p in pts] + ([base] if base is not None else []))
-
-
-def sweep_figure(s: Sweep, recs: list[dict], baseline: str, style: Style, first: dict, title_desc: str,
-                 param_doc: str = ""):
-    """Median time (bars: IQR) and peak memory vs the swept parameter at the sweep's n."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9.0, 3.8), dpi=DPI, layout="constrained")
-    ax_t, ax_m = fig.subplots(1, 2)
-    kw = style.line_kw(str(first["pattern"]), str(first["kernel"]), str(first["family"]))
-    _sweep_panel(ax_t, s, recs, "time_ms_median", "baseline_time_ms", kw, "time", param_doc, baseline)
-    _sweep_panel(ax_m, s, recs, "peak_mem_mib", "baseline_peak_mem_mib", kw, "memory", param_doc, baseline)
-    ax_t.set_ylabel("median time per call (ms)")
-    ax_m.set_ylabel("peak memory above inputs (MiB)")
-    failed = [f"{r['value_text']} ({r['mark']})" for r in recs if r["mark"]]
-    ax_t.set_title("time (error bar: interquartile range)" + (f"; not ok: {', '.join(failed)}" if failed else ""),
-                   loc="left", fontsize=9)
-    ax_m.set_title("peak memory", loc="left", fontsize=9)
-    handles, labels = ax_t.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=len(handles), frameon=False)
-    fig.suptitle(f"Sweep of {s.param} for {s.variant} at n = {s.n} ({s.n_rule})\n{title_desc}", fontsize=10)
-    return fig
-
-
-ERR_SERIES = (("rel_err", "gaussian inputs", "o", "-"), ("rel_err_sharp", "sharp inputs", "s", "--"))
-
-
-def tradeoff_figure(s: Sweep, recs: list[dict], baseline: str, style: Style, first: dict, title_desc: str):
-    """rel_err and rel_err_sharp vs median time at the sweep's n, one point per setting annotated
-    with its value: the speed/error trade-off. None when fewer than two settings have both."""
-    from matplotlib.figure import Figure
-
-    pts = [r for r in recs if r["time_ms_median"] is not None and
-           any(r[k] is not None for k, *_ in ERR_SERIES)]
-    if len(pts) < 2:
-        return None
-    fig = Figure(figsize=(8.0, 4.6), dpi=DPI, layout="constrained")
-    ax = fig.add_subplot()
-    color = style.line_kw(str(first["pattern"]), str(first["kernel"]), str(first["family"]))["color"]
-    ys_all = []
-    for key, what, marker, ls in ERR_SERIES:
-        p = [(r["time_ms_median"], r[key], r["value_text"]) for r in pts if r[key] is not None]
-        if not p:
-            continue
-        ax.plot([x for x, _, _ in p], [y for _, y, _ in p], color=color if key == "rel_err" else "0.35",
-                marker=marker, ls=ls, zorder=3, label=f"rel_err, {what}")
-        for x, y, text in p:
-            ax.annotate(text, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=7, color="0.2")
-        ys_all += [y for _, y, _ in p]
-    xs_all = [r["time_ms_median"] for r in pts]
-    bt = recs[0]["baseline_time_ms"]
-    if bt is not None:
-        ax.axvline(bt, **BASE_REF_STYLE, label=f"{baseline} time (exact)")
-        xs_all.append(bt)
-    for axis, vals, setter in ((ax.xaxis, xs_all, ax.set_xscale), (ax.yaxis, ys_all, ax.set_yscale)):
-        if _spans_decade(vals):
-            setter("log")
-            _plain_log_ticks(axis, vals)
-    ax.margins(x=0.12, y=0.15)
-    ax.set_xlabel(f"median time per call at n = {s.n} (ms)")
-    ax.set_ylabel("relative error vs exact attention\n‖out − exact‖_F / ‖exact‖_F")
-    ax.set_title(f"one point per setting, annotated with {s.param}; errors measured at n = 1024",
-                 loc="left", fontsize=8, color="0.3")
-    fig.suptitle(f"Speed / error trade-off of {s.variant} over {s.param}\n{title_desc}", fontsize=10)
-    _legend(ax)
     return fig

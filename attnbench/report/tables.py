@@ -6,13 +6,13 @@ that did not produce a number shows its status mark (``OOM``, ``T/O``, ``skip``,
 zero or a blank; the Markdown file carries the legend of the marks it uses under the table.
 
 Nothing here measures anything: the input is the DataFrame :mod:`attnbench.report.build`
-loaded from ``results.jsonl`` files.
+loaded from ``results.jsonl`` files. The tables of parameter sweeps are in
+:mod:`attnbench.report.sweeps`.
 """
 from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,9 +20,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from attnbench.params import format_params, format_value
+from attnbench.params import format_value
 from attnbench.scaling import fit_loglog
-from attnbench.schema import params_key
 from attnbench.vocab import BASE_FAILED, FAMILIES, MODES, STATUSES, VARIANT_FAILED
 
 # Short marks for rows that did not produce a number, and what they mean (vocab.STATUSES).
@@ -257,7 +256,8 @@ def group_columns(group: dict) -> dict:
     return {k: group[k] for k in GROUP_FIELDS}
 
 
-def _csv_frame(records: list[dict], group: dict, columns: Sequence[str]) -> pd.DataFrame:
+def csv_frame(records: list[dict], group: dict, columns: Sequence[str]) -> pd.DataFrame:
+    """A table's CSV: the group's fields (GROUP_FIELDS) then ``columns``, one row per record."""
     gc = group_columns(group)
     df = pd.DataFrame([{**gc, **r} for r in records], columns=[*gc.keys(), *columns])
     return df
@@ -305,7 +305,7 @@ def _grid_table(g: pd.DataFrame, group: dict, baseline: str, *, name: str, title
             records.append(rec)
         rows.append(out)
     header = [*_front_header(with_kv), *[f"n={n}" for n in ns]]
-    csv = _csv_frame(records, group, ["variant", "family", "kernel", "kv_heads", "seq_len", "status", "mark",
+    csv = csv_frame(records, group, ["variant", "family", "kernel", "kv_heads", "seq_len", "status", "mark",
                                       *csv_cols])
     return Table(name=name, title=title, header=header, rows=rows, csv=csv,
                  align="l" * (len(header) - len(ns)) + "r" * len(ns), notes=list(notes))
@@ -449,7 +449,7 @@ def scaling_table(g, group, baseline, slug, desc, *, min_n: int, declared: dict[
              f"exist). ± is the standard error of the fitted slope (from the fit residuals; none with two "
              f"points). Memory points of 0 bytes are left out of the fit. Declared: the registry's complexity."]
     return Table(name=f"scaling_{slug}", title=f"Fitted log–log scaling exponents — {desc}", header=header,
-                 rows=rows, csv=_csv_frame(recs, group, cols), align="llrlrlll", notes=notes)
+                 rows=rows, csv=csv_frame(recs, group, cols), align="llrlrlll", notes=notes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -541,7 +541,7 @@ def crossover_table(g, group, baseline, slug, desc) -> Table:
             "n_common_max", "speedup_at_n_max"]
     return Table(name=f"crossover_{slug}", title=f"Crossover n vs {baseline} (time) — {desc}",
                  header=["variant", "family", "crossover n", "detail", "speed-up at largest common n"],
-                 rows=rows, csv=_csv_frame(recs, group, cols), align="llrll", notes=notes)
+                 rows=rows, csv=csv_frame(recs, group, cols), align="llrll", notes=notes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -575,7 +575,7 @@ def accuracy_table(g, group, baseline, slug, desc) -> Table | None:
              "variant's rows."]
     return Table(name=f"accuracy_{slug}", title=f"Approximation error vs exact softmax attention — {desc}",
                  header=["variant", "family", "exact", "rel_err (gaussian)", "rel_err (sharp)"], rows=rows,
-                 csv=_csv_frame(recs, group, ["variant", "family", "exact", "rel_err", "rel_err_sharp"]),
+                 csv=csv_frame(recs, group, ["variant", "family", "exact", "rel_err", "rel_err_sharp"]),
                  align="lllrr", notes=notes)
 
 
@@ -625,182 +625,5 @@ def stats_table(g, group, baseline, slug, desc) -> Table | None:
     csv_recs = [{k: (json.dumps(v, sort_keys=True, default=str) if isinstance(v, (list, dict)) else v)
                  for k, v in r.items()} for r in recs]
     return Table(name=f"stats_{slug}", title=f"Attention statistics — {desc}", header=["variant", "n", *keys],
-                 rows=rows, csv=_csv_frame(csv_recs, group, ["variant", "seq_len", *keys]),
+                 rows=rows, csv=csv_frame(csv_recs, group, ["variant", "seq_len", *keys]),
                  align="lr" + "r" * len(keys))
-
-
-# --------------------------------------------------------------------------------------------
-# parameter sweeps: one variant at several settings that differ in one parameter
-# --------------------------------------------------------------------------------------------
-@dataclass
-class Sweep:
-    """A sweep of ``param`` of ``variant`` in one group: its settings in value order, measured
-    at one fixed n (the largest n at which every setting ran ok; see :func:`sweep_n`)."""
-
-    variant: str
-    param: str
-    subject: str  # file-name part: <variant slug>[-<other swept params' values>][-kv<h>]
-    kv_heads: int
-    labels: list[str]  # one per setting, in value order
-    values: list[Any]  # the swept parameter's value per setting
-    params_keys: list[str]
-    n: int | None = None
-    n_rule: str = ""
-
-    @property
-    def stem(self) -> str:
-        return f"{self.param}_{self.subject}"
-
-    @property
-    def numeric(self) -> bool:
-        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.values)
-
-    def value_text(self, i: int) -> str:
-        return format_value(self.values[i])
-
-
-def file_slug(s: str) -> str:
-    """File-name text: lower case, runs of other characters as one hyphen."""
-    return re.sub(r"[^a-z0-9]+", "-", str(s).lower()).strip("-") or "x"
-
-
-def varying_keys(settings: Sequence[dict]) -> list[str]:
-    """The parameter keys whose values differ between ``settings`` (dicts of params), sorted."""
-    keys = sorted({k for p in settings for k in p})
-    return [k for k in keys if len({params_key(p.get(k)) for p in settings}) > 1]
-
-
-def settings_of(v: pd.DataFrame) -> dict[str, dict]:
-    """params_key -> params of one variant's rows."""
-    out: dict[str, dict] = {}
-    for pk, p in zip(v["params_key"], v["params"]):
-        out.setdefault(str(pk), p if isinstance(p, dict) else {})
-    return out
-
-
-def find_sweeps(g: pd.DataFrame) -> list[Sweep]:
-    """Every sweep in one group: per variant (and K/V head count), per parameter, each set of
-    ≥ 2 settings equal in every other parameter. Sorted by variant, parameter, fixed values."""
-    out: list[Sweep] = []
-    multi_kv = g.groupby("variant")["kv_heads"].nunique()
-    for (variant, kv), v in g.groupby(["variant", "kv_heads"], sort=True):
-        settings = settings_of(v)
-        if len(settings) < 2:
-            continue
-        vary = varying_keys(list(settings.values()))
-        labels = v.groupby("params_key")["label"].first()
-        for k in vary:
-            parts: dict[str, list[str]] = {}
-            for pk, p in settings.items():
-                parts.setdefault(params_key({o: p.get(o) for o in vary if o != k}), []).append(pk)
-            parts = {r: m for r, m in parts.items() if len(m) >= 2}
-            for rest, members in sorted(parts.items()):
-                members.sort(key=lambda pk: value_sort_key(settings[pk].get(k)))
-                subject = file_slug(variant)
-                if len(parts) > 1:  # the same parameter swept at several values of another
-                    subject += "-" + file_slug(format_params(dict(sorted(json.loads(rest).items()))))
-                if multi_kv[variant] > 1:
-                    subject += f"-kv{int(kv)}"
-                out.append(Sweep(str(variant), k, subject, int(kv), [str(labels[pk]) for pk in members],
-                                 [settings[pk].get(k) for pk in members], members))
-    for s in out:
-        s.n, s.n_rule = sweep_n(g, s)
-    return [s for s in out if s.n is not None]  # no n shared by the settings: nothing to compare at
-
-
-def _sweep_rows(g: pd.DataFrame, s: Sweep) -> pd.DataFrame:
-    return g[(g["variant"] == s.variant) & (g["kv_heads"] == s.kv_heads) & g["params_key"].isin(s.params_keys)]
-
-
-def sweep_n(g: pd.DataFrame, s: Sweep) -> tuple[int | None, str]:
-    """The fixed n of a sweep: the largest n at which every setting ran ok with a time; else the
-    largest n measured for every setting (failures then show their mark); else none."""
-    rows = _sweep_rows(g, s)
-    ok = rows[(rows["status"] == "ok") & rows["time_ms_median"].map(finite)]
-    for frame, rule in ((ok, "the largest n at which every setting ran"),
-                        (rows, "the largest n measured for every setting (not every setting ran there)")):
-        per = [set(frame[frame["params_key"] == pk]["seq_len"].astype(int)) for pk in s.params_keys]
-        common = set.intersection(*per) if per else set()
-        if common:
-            return max(common), rule
-    return None, "no n measured for every setting"
-
-
-def _median_of(v: pd.DataFrame, col: str) -> float | None:
-    if col not in v:
-        return None
-    vals = v[col].map(lambda x: float(x) if finite(x) else np.nan).dropna()
-    return float(vals.median()) if len(vals) else None
-
-
-def sweep_records(g: pd.DataFrame, s: Sweep, baseline: str) -> list[dict]:
-    """One record per setting at the sweep's n: status, time, IQR, memory, speed-up vs the
-    baseline at that n, and rel_err / rel_err_sharp (median over the setting's rows)."""
-    rows = _sweep_rows(g, s)
-    base = g[(g["label"] == baseline) & (g["seq_len"] == s.n)]
-    b = base.iloc[0].to_dict() if len(base) else None
-    b_ok = b is not None and b.get("status") == "ok" and finite(b.get("time_ms_median"))
-    recs = []
-    for i, (pk, lab) in enumerate(zip(s.params_keys, s.labels)):
-        v = rows[rows["params_key"] == pk]
-        at = v[v["seq_len"] == s.n]
-        r = at.iloc[0].to_dict() if len(at) else None
-        m = mark(r)
-        rec = {"variant": s.variant, "label": lab, "param": s.param,
-               "value": s.values[i] if s.numeric else s.value_text(i), "value_text": s.value_text(i),
-               "seq_len": s.n, "status": r["status"] if r is not None else "not_measured", "mark": m or "",
-               "time_ms_median": None, "time_ms_iqr": None, "peak_mem_mib": None, "speedup": None,
-               "baseline_time_ms": float(b["time_ms_median"]) if b_ok else None,
-               "baseline_peak_mem_mib": float(b["peak_mem_bytes"]) / MIB if b_ok and finite(b.get("peak_mem_bytes"))
-               else None,
-               "rel_err": _median_of(v, "rel_err"), "rel_err_sharp": _median_of(v, "rel_err_sharp")}
-        if m is None and finite(r.get("time_ms_median")):
-            t = float(r["time_ms_median"])
-            rec.update(time_ms_median=t, time_ms_iqr=float(r["time_ms_iqr"]) if finite(r.get("time_ms_iqr")) else None,
-                       peak_mem_mib=float(r["peak_mem_bytes"]) / MIB if finite(r.get("peak_mem_bytes")) else None,
-                       speedup=float(b["time_ms_median"]) / t if b_ok and t > 0 else None)
-        recs.append(rec)
-    return recs
-
-
-def _sweep_cells(rec: dict, with_base: bool, with_err: bool) -> list[str]:
-    t = rec["time_ms_median"]
-    if rec["mark"]:
-        cells = [rec["mark"], rec["mark"]]
-    elif t is None:
-        cells = [NOT_RECORDED, NOT_RECORDED]
-    else:
-        cells = [fmt_with_spread(t, rec["time_ms_iqr"]),
-                 fmt_num(rec["peak_mem_mib"]) if rec["peak_mem_mib"] is not None else NOT_RECORDED]
-    if with_base:
-        cells.append(rec["mark"] or (fmt_ratio(rec["speedup"]) if rec["speedup"] is not None else NO_BASE))
-    if with_err:
-        cells += [fmt_sci(rec[c]) for c in ("rel_err", "rel_err_sharp")]
-    return [rec["value_text"], rec["label"], *cells]
-
-
-def sweep_table(g, group, s: Sweep, baseline, slug, desc) -> Table:
-    """One row per setting of a sweep at its fixed n: value, time [IQR], memory, speed-up vs the
-    baseline (when the group has it), rel_err / rel_err_sharp (when the rows carry them)."""
-    recs = sweep_records(g, s, baseline)
-    with_base = baseline in set(g["label"])
-    with_err = any(r[c] is not None for r in recs for c in ("rel_err", "rel_err_sharp"))
-    header = [s.param, "variant", "time (ms) [IQR]", "peak memory (MiB)",
-              *([f"speed-up vs {baseline}"] if with_base else []),
-              *(["rel_err (gaussian)", "rel_err (sharp)"] if with_err else [])]
-    notes = [f"One row per setting of {s.param} ({s.variant}, other parameters as in the variant column), "
-             f"at n = {s.n}: {s.n_rule}. Time: median per call, interquartile range of the timed repeats in "
-             f"brackets; memory: peak above the inputs."]
-    if with_base:
-        bt = recs[0]["baseline_time_ms"]
-        notes.append(f"Speed-up = {baseline} median time / setting median time at n = {s.n} ({baseline}: "
-                     + (f"{fmt_num(bt)} ms)." if bt is not None else "did not run there)."))
-    if with_err:
-        notes.append("rel_err: relative error vs exact softmax attention on gaussian and on sharp inputs "
-                     "(attnbench.approx, n = 1024), median over the setting's rows.")
-    cols = ["variant", "label", "param", "value", "seq_len", "status", "mark", "time_ms_median", "time_ms_iqr",
-            "peak_mem_mib", "speedup", "baseline_time_ms", "rel_err", "rel_err_sharp"]
-    return Table(name=f"sweep_{s.stem}_{slug}",
-                 title=f"Sweep of {s.param} for {s.variant} at n = {s.n} — {desc}", header=header,
-                 rows=[_sweep_cells(r, with_base, with_err) for r in recs],
-                 csv=_csv_frame(recs, group, cols), align="ll" + "r" * (len(header) - 2), notes=notes)
