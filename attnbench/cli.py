@@ -241,7 +241,7 @@ def cmd_check(args) -> int:
                 if not spec.exact and spec.reference_fn is None:  # nothing of its own to equal
                     t.add_row(name, "-", "-", "-", "-", "-", rel, "approximate, no dense definition of its own")
                     continue
-                r = _check_one(spec, setting, shapes_for(spec, shapes), not args.no_grad, status)
+                r = _check_one(spec, setting, shapes_for(spec, shapes, setting), not args.no_grad, status)
                 c = r["counts"]
                 failed |= bool(c["incorrect"] or c["error"] or c["oom"])
                 t.add_row(name, str(c["ok"]), str(c["incorrect"]), str(c["error"] + c["oom"]), str(c["unsupported"]),
