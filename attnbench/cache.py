@@ -5,16 +5,25 @@ later autograd call reuses, and an inference tensor cannot be saved for backward
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+from typing import Iterator
 
 import torch
 
 
+@contextlib.contextmanager
+def building() -> Iterator[None]:
+    """Inside: outside inference mode and without autograd recording."""
+    with torch.inference_mode(False), torch.no_grad():
+        yield
+
+
 def normal_tensors(fn):
-    """Decorator: ``fn`` runs outside inference mode and without autograd recording."""
+    """Decorator: ``fn`` runs inside :func:`building`."""
     @functools.wraps(fn)
     def wrapper(*args, **kw):
-        with torch.inference_mode(False), torch.no_grad():
+        with building():
             return fn(*args, **kw)
 
     return wrapper
