@@ -58,7 +58,7 @@ FIELDS: tuple[Field, ...] = (
     Field("samples_ms", "list[float]", "the timed calls (ms; at most 256 order statistics beyond 256)"),
     Field("first_call_ms", "float", "the first call (compile, autotune, plan or mask building), timed apart"),
     Field("peak_mem_bytes", "int", "peak memory of one call above the inputs (CPU: resident high-water mark)"),
-    Field("mem_source", "str", "how peak memory was measured: memory_pass (one call of its own, before timing)"),
+    Field("mem_source", "str", "first_call (a steady first call in a warm worker) or memory_pass (a call of its own)"),
     Field("predicted_peak_bytes", "float", "the variant's predicted peak above the inputs (None: cannot predict)"),
     Field("io_bytes", "int", "bytes of q, k, v and the output"),
     Field("kv_cache_bytes", "int", "bytes of k and v"),

@@ -5,10 +5,12 @@ Order per case (DESIGN.md, measurement protocol):
 2. the first call, timed apart (compile, autotune, block-mask build);
 3. the first call's output is checked against the definition on a sample of query rows
    (rows are independent, so this is cheap at any n) — a mismatch is ``incorrect``;
-4. one call in a memory pass of its own (peak above the baseline once the inputs exist). Not
-   the first call: that one also holds one-off allocations (lazy initialization, caches) that
-   cost little time, so its time cannot tell when its memory is a steady call's;
-5. warm-up (skipped when the memory pass took longer than it) and timed repeats
+4. memory: the peak above the baseline once the inputs exist, of one call. In a worker that has
+   run a case already (lazy initialization done), the first call's peak is taken when that call
+   was a steady one — it took at most ``FIRST_CALL_STEADY`` times the median (no compile, no plan
+   or mask built) — which saves a call of seconds at large n; otherwise one call in a memory
+   pass of its own (``mem_source`` says which);
+5. warm-up (skipped when the call before took longer than it) and timed repeats
    (``timing.measure``: a confidence rule, a budget).
 """
 from __future__ import annotations
@@ -24,6 +26,8 @@ from attnbench.harness import memory, timing
 from attnbench.harness.failures import classify
 from attnbench.harness.inputs import make_inputs
 from attnbench.registry import VariantSpec
+
+FIRST_CALL_STEADY = 1.25  # a first call within this factor of the median did no one-off work
 
 def calls(spec: VariantSpec, shape: Shape, q, k, v, params: dict):
     """(setup output, timed callable) for the case's mode; the callable returns what it made.
@@ -71,12 +75,14 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def _first_call(call, device: str) -> tuple[Any, float]:
-    """(output, ms) of the first call."""
+def _first_call(call, device: str, watch: bool) -> tuple[Any, float, int | None]:
+    """(output, ms, peak bytes above the baseline when ``watch``) of the first call."""
+    mark = memory.Watermark(device) if watch else None
     t0 = time.perf_counter()
     out = call()
     _sync(device)
-    return out, (time.perf_counter() - t0) * 1e3
+    ms = (time.perf_counter() - t0) * 1e3
+    return out, ms, mark.peak() if mark is not None else None
 
 
 def _check(case: Case, q, k, v, out, res: dict) -> bool:
@@ -100,9 +106,10 @@ def _check(case: Case, q, k, v, out, res: dict) -> bool:
     return False
 
 
-def _memory_and_time(case: Case, call, opts: dict, res: dict) -> None:
-    device, warm_ms = case.shape.device, 0.0
-    if opts.get("memory", True):
+def _memory_and_time(case: Case, call, first_ms: float, first_peak: int | None, opts: dict, res: dict) -> None:
+    device, warm_ms = case.shape.device, first_ms
+    measure_memory = opts.get("memory", True)
+    if measure_memory and first_peak is None:
         t0 = time.perf_counter()
         res.update(peak_mem_bytes=memory.peak_bytes(call, device), mem_source="memory_pass")
         warm_ms = (time.perf_counter() - t0) * 1e3
@@ -110,6 +117,11 @@ def _memory_and_time(case: Case, call, opts: dict, res: dict) -> None:
     res.update(time_ms_median=stats.median_ms, time_ms_iqr=stats.iqr_ms, time_ms_min=stats.min_ms,
                repeats=stats.repeats, time_ci_rel=stats.ci_rel, timing_stop=stats.stop,
                samples_ms=[round(s, 6) for s in timing.compact_samples(stats.samples_ms)])
+    if measure_memory and first_peak is not None:
+        if first_ms <= FIRST_CALL_STEADY * stats.median_ms:
+            res.update(peak_mem_bytes=first_peak, mem_source="first_call")
+        else:
+            res.update(peak_mem_bytes=memory.peak_bytes(call, device), mem_source="memory_pass")
 
 
 def run_case(case: Case, opts: dict) -> dict[str, Any]:
@@ -124,12 +136,13 @@ def run_case(case: Case, opts: dict) -> dict[str, Any]:
         torch.manual_seed(seed)
         q, k, v = make_inputs(case.shape, seed, requires_grad=case.shape.needs_grad)
         setup_out, call = calls(case.spec, case.shape, q, k, v, case.kwargs)
-        first, first_ms = _first_call(call, case.shape.device)
+        watch = opts.get("memory", True) and opts.get("warm_worker", False)
+        first, first_ms, first_peak = _first_call(call, case.shape.device, watch)
         res["first_call_ms"] = first_ms
         ok = _check(case, q, k, v, setup_out if setup_out is not None else first, res) if opts.get("check", True) else True
         del first
         if ok:
-            _memory_and_time(case, call, opts, res)
+            _memory_and_time(case, call, first_ms, first_peak, opts, res)
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a row
         if isinstance(exc, KeyboardInterrupt):
             raise

@@ -44,13 +44,15 @@ def main() -> None:
         out.flush()
 
     send({"ready": True, "pid": os.getpid(), "threads": torch.get_num_threads()})
+    cases_run = 0  # after the first case, lazy initialization is done: a first call may be a steady one
     for line in sys.stdin:
         msg = json.loads(line)
         op = msg.get("op")
         if op == "case":
             from attnbench.harness.execute import run_json
 
-            send(run_json(msg["case"], msg.get("opts") or {}))
+            send(run_json(msg["case"], {**(msg.get("opts") or {}), "warm_worker": cases_run > 0}))
+            cases_run += 1
         elif op == "probe":
             from attnbench.harness.env import device_environment
             from attnbench.harness.flops import gemm_peak_gflops
