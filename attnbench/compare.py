@@ -369,6 +369,7 @@ def _run_label(path, info: dict, rows: list[dict]) -> str:
 def print_comparison(df, threshold: float, alpha: float, console=None, *, base_label: str = "BASE",
                      new_label: str = "NEW") -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from attnbench.report.console import make_console
 
@@ -392,7 +393,7 @@ def print_comparison(df, threshold: float, alpha: float, console=None, *, base_l
         else:
             p = "-"
         style = _STYLE.get(d["verdict"], "")
-        t.add_row(_label(d), str(d["mode"]), str(d["seq_len"]), *(str(d[f]) for f in varying),
+        t.add_row(Text(_label(d)), str(d["mode"]), str(d["seq_len"]), *(str(d[f]) for f in varying),
                   _ms_cell(d["base_status"], d["base_ms"]), _ms_cell(d["new_status"], d["new_ms"]),
                   ratio, p, f"[{style}]{d['verdict']}[/{style}]" if style else d["verdict"])
     console.print(f"base: {base_label}\nnew:  {new_label}")

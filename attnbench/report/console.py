@@ -40,6 +40,20 @@ def row_label(r: dict) -> str:
     return f"{r['variant']}[{r['param_label']}]" if r.get("param_label") else str(r["variant"])
 
 
+def natural(text: str) -> list:
+    """Sort key with numbers compared as numbers (window=64 before window=128)."""
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def plain(text: str):
+    """``text`` as a rich Text: brackets in labels are not markup."""
+    from rich.text import Text
+
+    return Text(text)
+
+
 def print_summary(rows: list[dict], scaling, *, baseline: str = "full@sdpa", console=None) -> None:
     """Rich table per (mode, dtype, device, causal): median time, peak memory, speed-up vs baseline."""
     from rich.table import Table
@@ -57,7 +71,7 @@ def print_summary(rows: list[dict], scaling, *, baseline: str = "full@sdpa", con
             t.add_column(f"n={n}", justify="right")
         t.add_column("slope t/mem", justify="right")
         base = by_var.get(baseline, {})
-        for v in sorted(by_var):
+        for v in sorted(by_var, key=natural):
             sl = ""
             if scaling is not None and len(scaling):
                 labels = scaling["variant"] + scaling["param_label"].map(lambda p: f"[{p}]" if p else "")
@@ -65,7 +79,7 @@ def print_summary(rows: list[dict], scaling, *, baseline: str = "full@sdpa", con
                 if len(m):
                     ts, ms = m.iloc[0]["time_slope"], m.iloc[0]["mem_slope"]
                     sl = f"{ts:.2f} / {ms:.2f}" if ts == ts and ms == ms and ts is not None and ms is not None else ""
-            t.add_row(v, *[cell(by_var[v][n], base.get(n)) if n in by_var[v] else "" for n in ns], sl)
+            t.add_row(plain(v), *[cell(by_var[v][n], base.get(n)) if n in by_var[v] else "" for n in ns], sl)
         console.print(t)
     notes = sorted({f"{row_label(r)}: {status_mark(r['status'])} — {r['reasons'][0][:160]}"
                     for r in rows if r["status"] != "ok" and r.get("reasons")})
@@ -76,4 +90,4 @@ def print_summary(rows: list[dict], scaling, *, baseline: str = "full@sdpa", con
             k = line.split(" — ")[0]
             if k not in seen:
                 seen.add(k)
-                console.print(f"[dim]  {line}[/dim]")
+                console.print(plain(f"  {line}"), style="dim")
