@@ -145,18 +145,20 @@ QUICK_SIZES = [(7, 7), (37, 91), (1, 300), (91, 37)]
 
 
 def standard_shapes(device: str = "cpu", dtypes: tuple[str, ...] | None = None, quick: bool = False) -> list[Shape]:
-    """The grid ``check`` runs: odd sizes, N != M both ways, causal or not, K/V heads H, H/4, 1."""
+    """The grid ``check`` runs: odd sizes, N != M both ways, causal or not, K/V heads H, H/4, 1
+    (the large size at one batch and K/V heads H and 1: its fp64 reference with gradients is
+    the cost of ``check``)."""
     dtypes = dtypes or (("float32", "float64") if device == "cpu" else ("float16", "bfloat16"))
     shapes = []
     for dt in dtypes:
         for n, m in (QUICK_SIZES if quick else CHECK_SIZES):
+            big = n > 500  # past every kernel's block sizes: one batch, D = 32, K/V heads H and 1
             for causal in (False, True):
                 for hkv in (8, 2, 1):
-                    if quick and hkv == 2:
+                    if (quick or big) and hkv == 2:
                         continue
-                    shapes.append(Shape(batch=2, heads=8, kv_heads=hkv, seq_len=n, kv_len=m,
-                                        head_dim=32 if n > 500 else 64, dtype=dt, device=device,
-                                        causal=causal))
+                    shapes.append(Shape(batch=1 if big else 2, heads=8, kv_heads=hkv, seq_len=n, kv_len=m,
+                                        head_dim=32 if big else 64, dtype=dt, device=device, causal=causal))
     return shapes
 
 
@@ -169,14 +171,18 @@ def is_compiled(spec: VariantSpec) -> bool:
 
 
 def shapes_for(spec: VariantSpec, shapes: list[Shape], setting: dict | None = None) -> list[Shape]:
-    """The check grid for ``spec`` at one parameter setting: all of it at the defaults; without
-    the large size at an example setting (the small sizes already cross its blocks); for a
-    compiled kernel the shapes of COMPILED_SIZES with K/V heads H and 1 (each shape is a compile
-    of several seconds; ``run`` checks sampled rows of the first call at every n)."""
+    """The check grid for ``spec`` at one parameter setting: all of it at the defaults; at an
+    example setting its first dtype, small sizes and K/V heads H and 1 (the example exercises the
+    mask; dtypes, the large size and GQA are covered at the defaults); for a compiled kernel the
+    shapes of COMPILED_SIZES at its first dtype with K/V heads H (each shape is a compile of
+    several seconds; ``run`` checks sampled rows of the first call at every n)."""
+    first = shapes[0].dtype if shapes else None
     if is_compiled(spec):
-        return [s for s in shapes if (s.seq_len, s.kv_len) in COMPILED_SIZES and s.kv_heads in (s.heads, 1)]
+        return [s for s in shapes if (s.seq_len, s.kv_len) in COMPILED_SIZES and s.kv_heads == s.heads
+                and s.dtype == first]
     if setting:
-        return [s for s in shapes if max(s.seq_len, s.kv_len) < 1000]
+        return [s for s in shapes if max(s.seq_len, s.kv_len) < 1000 and s.kv_heads in (s.heads, 1)
+                and s.dtype == first]
     return shapes
 
 

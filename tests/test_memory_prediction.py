@@ -22,7 +22,7 @@ def test_predicted_peak_within_2x_of_measured(tmp_path):
     out = tmp_path / "run"
     p = subprocess.run([sys.executable, "-m", "attnbench", "run", "--variants", "all", "--seq-lens", "2048",
                         "--mode", "fwd,fwd+bwd", "--out", str(out), "--threads", "2", "--timeout", "300",
-                        "timing.budget_s=0.02", "timing.warmup_s=0"],
+                        "timing.budget_s=0.01", "timing.min_repeats=1", "timing.ci_min=1", "timing.warmup_s=0"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=1500)
     assert p.returncode == 0, p.stderr[-3000:]
     rows = [r for r in read_rows(out / "results.jsonl") if r["status"] == "ok"]
