@@ -20,10 +20,17 @@ upgraded first (their parameters gain the declared defaults they lack). For each
   from the stored ``time_ms_iqr`` (a row stores the IQR, not the quartiles). ``regressed``
   if ratio > 1 + threshold and new q1 > base q3 (the intervals do not overlap); ``improved``
   symmetrically. No stored spread: the threshold alone decides.
+* Disturbed cases: a row flagged ``noisy`` on either side (its worker did not get the CPU it
+  asked for; ``harness/cpuwait.py``) gets the verdict ``noisy`` and no timing verdict, unless
+  ``judge_noisy``: another process's load is not a regression.
 * Status changes: ok -> oom / timeout / crash / error / incorrect is ``broken`` (a
   regression); a failure -> ok is ``fixed``; ok -> unsupported / skipped is ``not run`` and
   unsupported / skipped -> ok is ``now runs`` (listed, not failures); both failing is
   ``failing``, both not run ``n/a``. Cases only in NEW are ``new``, only in BASE ``gone``.
+
+Before the table, :func:`environment_notes` says plainly where the two runs differ in what
+sets a timing: machine (CPU or GPU model), threads per worker, torch version, a GEMM peak
+apart by more than ``GEMM_DRIFT``, or a disturbed GEMM probe or disturbed cases on a side.
 
 Exit status of :func:`main`: 1 if any case regressed beyond the threshold or broke, else 0;
 2 for bad input (unreadable paths, different schema versions, nothing matched, a bad
@@ -47,8 +54,9 @@ from attnbench.vocab import NOT_RUN
 
 MIN_SAMPLES = 5  # below this, a one-sided rank test cannot reach p < 0.01 (5 vs 5: p >= 1/252)
 # Table order: worst first; within a verdict, larger ratio first.
-VERDICT_ORDER = ("broken", "regressed", "same", "improved", "fixed", "failing", "not run",
+VERDICT_ORDER = ("broken", "regressed", "same", "improved", "fixed", "noisy", "failing", "not run",
                  "now runs", "n/a", "new", "gone")
+GEMM_DRIFT = 0.10  # GEMM peaks further apart than this: the machine itself measured differently
 COLUMNS = (*KEY_FIELDS, "param_label", "base_status", "new_status", "base_ms", "new_ms", "ratio", "p_value",
            "p_adj", "test", "base_samples", "new_samples", "verdict", "note")
 THRESHOLD_FORM = "give a percentage such as '5%' or a fraction such as 0.05"
@@ -251,7 +259,8 @@ def _nothing_matched(base_rows: list[dict], new_rows: list[dict]) -> str:
             f"NEW has {len(new_rows)} rows: {describe_keys(new_rows)}")
 
 
-def _line(key: tuple, b: dict | None, n: dict | None, threshold: float) -> dict[str, Any]:
+def _line(key: tuple, b: dict | None, n: dict | None, threshold: float,
+          judge_noisy: bool = False) -> dict[str, Any]:
     """One case: the status verdict, or the timing test still to be judged (``_verdicts``)."""
     import numpy as np
 
@@ -263,6 +272,10 @@ def _line(key: tuple, b: dict | None, n: dict | None, threshold: float) -> dict[
     sv = _status_verdict(b, n)
     if sv is None:
         line.update(_timing_test(b, n, threshold))
+        noisy = [side for side, row in (("base", b), ("new", n)) if row.get("noisy")]
+        if noisy and not judge_noisy:
+            line.update(verdict="noisy", note=f"{' and '.join(noisy)} disturbed by other load "
+                                              "(noisy): no timing verdict")
     else:
         line.update(sv)
         if b is not None and b.get("status") == "ok":
@@ -277,7 +290,7 @@ def _verdicts(lines: list[dict[str, Any]], alpha: float) -> None:
     """Timing verdicts: one family of rank tests, Holm-adjusted. A run holds tens to hundreds of
     cases, and "exit 1 if any regressed" must not turn alpha per case into a near-certain false
     alarm."""
-    tested = [ln for ln in lines if ln.get("test") == "mann-whitney"]
+    tested = [ln for ln in lines if ln.get("test") == "mann-whitney" and "verdict" not in ln]
     for ln, pa in zip(tested, holm([ln["p_value"] for ln in tested])):
         ln["p_adj"] = pa
     for ln in lines:
@@ -288,14 +301,15 @@ def _verdicts(lines: list[dict[str, Any]], alpha: float) -> None:
 
 
 def compare_runs(base_rows: list[dict], new_rows: list[dict], threshold: float = 0.05,
-                 alpha: float = 0.01):
+                 alpha: float = 0.01, judge_noisy: bool = False):
     """One line per case key of either side, sorted worst first, as a pandas DataFrame.
 
     Columns: the key fields, ``base_status``, ``new_status``, ``base_ms``, ``new_ms``,
     ``ratio`` (new / base median), ``p_value`` (one-sided Mann-Whitney U in the direction of
     the change; NaN when not tested), ``p_adj`` (Holm-adjusted over the tested cases; the
     verdict compares it with ``alpha``), ``test`` (mann-whitney | iqr | status | ''),
-    ``base_samples``, ``new_samples`` (raw sample counts), ``verdict`` and ``note``.
+    ``base_samples``, ``new_samples`` (raw sample counts), ``verdict`` and ``note``. A case
+    flagged ``noisy`` on either side is ``noisy`` unless ``judge_noisy``.
 
     Raises :class:`CompareError` when the sides share no case key.
     """
@@ -305,7 +319,8 @@ def compare_runs(base_rows: list[dict], new_rows: list[dict], threshold: float =
     base, new = _by_key(base_rows), _by_key(new_rows)
     if not base.keys() & new.keys():
         raise CompareError(_nothing_matched(base_rows, new_rows))
-    lines = [_line(key, base.get(key), new.get(key), threshold) for key in list(base) + [k for k in new if k not in base]]
+    keys = list(base) + [k for k in new if k not in base]
+    lines = [_line(key, base.get(key), new.get(key), threshold, judge_noisy) for key in keys]
     _verdicts(lines, alpha)
     df = pd.DataFrame(lines, columns=list(COLUMNS))
     for c in ("base_ms", "new_ms", "ratio", "p_value", "p_adj"):
@@ -333,15 +348,55 @@ def summary_line(df, threshold: float) -> str:
     if c.get("fixed"):
         head.append(f"{c['fixed']} fixed")
     head.append(f"{c.get('same', 0)} same")
-    tail = [f"{c[v]} {v}" for v in ("failing", "not run", "now runs", "n/a", "new", "gone") if c.get(v)]
+    tail = [f"{c[v]} {v}" for v in ("noisy", "failing", "not run", "now runs", "n/a", "new", "gone") if c.get(v)]
     return ", ".join(head) + (f"; {', '.join(tail)} (not failures)" if tail else "")
+
+
+# -- what the two runs were measured on ------------------------------------------------------
+def _env_value(info: dict, key: str):
+    if key == "machine":
+        return info.get("device_name") or info.get("cpu_model")
+    if key == "threads":
+        return info.get("torch_threads") or (info.get("config") or {}).get("resolved", {}).get("threads")
+    return info.get(key)
+
+
+def _disturbance(name: str, info: dict, rows: list[dict]) -> list[str]:
+    """What is known of a side's disturbance: the GEMM probe, its noisy cases, or nothing."""
+    out = []
+    if info.get("gemm_noisy"):
+        out.append(f"{name}'s GEMM probe was disturbed (wait share {info.get('gemm_wait_share') or 0:.0%}): "
+                   "another process shared the CPU, its peak fractions are too high")
+    measured = [r for r in rows if r.get("status") == "ok" and r.get("noisy") is not None]
+    noisy = sum(bool(r.get("noisy")) for r in measured)
+    if noisy:
+        out.append(f"{name} was disturbed: {noisy} of {len(measured)} timed cases noisy (their worker "
+                   "waited for a CPU)")
+    if not measured and any(r.get("status") == "ok" for r in rows):
+        out.append(f"{name} predates disturbance detection (schema < 3): a loaded machine there is not flagged")
+    return out
+
+
+def environment_notes(base_info: dict, new_info: dict, base_rows: list[dict], new_rows: list[dict]) -> list[str]:
+    """Plain lines on what differs between the runs' measuring conditions (empty: nothing known)."""
+    notes = []
+    for key, what in (("machine", "machines"), ("threads", "threads per worker"),
+                      ("torch_version", "torch versions")):
+        b, n = _env_value(base_info, key), _env_value(new_info, key)
+        if b is not None and n is not None and b != n:
+            notes.append(f"different {what}: BASE {b}, NEW {n} — ratios measure that difference too")
+    bp, np_ = base_info.get("gemm_peak_gflops"), new_info.get("gemm_peak_gflops")
+    if bp and np_ and abs(np_ / bp - 1) > GEMM_DRIFT:
+        notes.append(f"GEMM peak BASE {bp:.0f}, NEW {np_:.0f} GFLOP/s ({np_ / bp:.2f}x): the machine measured "
+                     "differently (load, clocks, another machine)")
+    return notes + _disturbance("BASE", base_info, base_rows) + _disturbance("NEW", new_info, new_rows)
 
 
 # -- output ----------------------------------------------------------------------------------
 _STATUS_CELL = {"oom": "OOM", "timeout": "TIMEOUT", "crash": "CRASH", "error": "ERROR",
                 "incorrect": "WRONG", "unsupported": "n/a", "skipped": "skip", None: "-"}
 _STYLE = {"broken": "bold red", "regressed": "red", "improved": "green", "fixed": "green",
-          "new": "cyan", "gone": "yellow", "not run": "yellow"}
+          "noisy": "magenta", "new": "cyan", "gone": "yellow", "not run": "yellow"}
 
 
 def _ms_cell(status, ms) -> str:
@@ -367,7 +422,7 @@ def _run_label(path, info: dict, rows: list[dict]) -> str:
 
 
 def print_comparison(df, threshold: float, alpha: float, console=None, *, base_label: str = "BASE",
-                     new_label: str = "NEW") -> None:
+                     new_label: str = "NEW", notes: list[str] = ()) -> None:
     from rich.table import Table
     from rich.text import Text
 
@@ -397,6 +452,8 @@ def print_comparison(df, threshold: float, alpha: float, console=None, *, base_l
                   _ms_cell(d["base_status"], d["base_ms"]), _ms_cell(d["new_status"], d["new_ms"]),
                   ratio, p, f"[{style}]{d['verdict']}[/{style}]" if style else d["verdict"])
     console.print(f"base: {base_label}\nnew:  {new_label}")
+    for note in notes:
+        console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
     console.print(t)
     for r in df[df["verdict"].isin(["broken", "fixed"])].itertuples(index=False):
         console.print(f"{r.verdict}: {_label(r._asdict())} {r.mode} n={r.seq_len}: {r.note}", markup=False,
@@ -422,6 +479,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only these variants: names, globs (a bare pattern: all its kernels), "
                              "with an optional parameter filter: 'sliding_window@*[window=128]'")
     parser.add_argument("--csv", default=None, metavar="FILE", help="also write the comparison as CSV")
+    parser.add_argument("--judge-noisy", action="store_true",
+                        help="give timing verdicts to cases disturbed by other load (flagged noisy) too")
 
 
 def _select(rows: list[dict], selection: str | None) -> list[dict]:
@@ -446,13 +505,14 @@ def main(args: argparse.Namespace) -> int:
             if not base_rows or not new_rows:
                 raise CompareError(f"--variants {selection!r} matches no row of "
                                    f"{'BASE' if not base_rows else 'NEW'}")
-        df = compare_runs(base_rows, new_rows, threshold, alpha)
+        df = compare_runs(base_rows, new_rows, threshold, alpha, getattr(args, "judge_noisy", False))
     except (CompareError, ParamError) as e:
         print(f"attnbench: error: {e}", file=sys.stderr)
         return 2
     print_comparison(df, threshold, alpha, make_console(),
                      base_label=_run_label(args.base, base_info, base_rows),
-                     new_label=_run_label(args.new, new_info, new_rows))
+                     new_label=_run_label(args.new, new_info, new_rows),
+                     notes=environment_notes(base_info, new_info, base_rows, new_rows))
     if getattr(args, "csv", None):
         df.to_csv(args.csv, index=False)
     return 1 if failed(df) else 0

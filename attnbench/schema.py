@@ -17,7 +17,7 @@ from attnbench.case import freeze
 from attnbench.params import format_params
 from attnbench.vocab import STATUSES
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,12 @@ FIELDS: tuple[Field, ...] = (
     Field("time_ms_iqr", "float", "interquartile range of the timed calls (ms)"),
     Field("time_ms_min", "float", "fastest timed call (ms)"),
     Field("time_ci_rel", "float", "half-width of the median's 95% confidence interval / median"),
-    Field("timing_stop", "str", "why timing stopped: ci (median known to settle_rel), budget, max"),
+    Field("timing_stop", "str", "why timing stopped: ci (median known to settle_rel), budget, max, disturbed (noisy)"),
     Field("repeats", "int", "number of timed calls"),
     Field("samples_ms", "list[float]", "the timed calls (ms; at most 256 order statistics beyond 256)"),
+    Field("noisy", "bool", "CPU: too few timed calls got the CPU they asked for; the time figures include disturbed calls"),
+    Field("wait_share", "float", "CPU: run-queue wait of the worker's threads / (wall time x threads), over the timed calls"),
+    Field("disturbed_samples", "int", "CPU: timed calls set aside and re-measured (wait share over timing.disturbed_wait)"),
     Field("first_call_ms", "float", "the first call (compile, autotune, plan or mask building), timed apart"),
     Field("peak_mem_bytes", "int", "peak memory of one call above the inputs (CPU: resident high-water mark)"),
     Field("mem_source", "str", "first_call (a steady first call in a warm worker) or memory_pass (a call of its own)"),
@@ -105,24 +108,26 @@ def case_key(row: dict[str, Any]) -> tuple:
 
 
 def upgrade(row: dict[str, Any], defaults: dict[str, dict] | None = None) -> dict[str, Any]:
-    """A stored row in the current schema. Version 1 rows (no version field counts as 1) gain the
-    fields they lack (None) and ``params`` gains the declared defaults of keys it lacks (engine
-    knobs version 1 could not set), from ``defaults`` (variant -> {key: default}) when given."""
+    """A stored row in the current schema: every field (None where the row's version had none).
+
+    Version 1 (no version field counts as 1): ``params`` gains the declared defaults of keys it
+    lacks (engine knobs version 1 could not set), from ``defaults`` (variant -> {key: default})
+    when given, and memory was always measured in a pass of its own. Version 2 had no
+    disturbance fields (``noisy``, ``wait_share``, ``disturbed_samples``): they stay None, not
+    measured — never False."""
     version = row.get("schema_version", 1) or 1
     if version > SCHEMA_VERSION:
         raise SchemaError(f"schema_version {version} is newer than this attnbench's {SCHEMA_VERSION}: upgrade attnbench")
-    if version == SCHEMA_VERSION:
-        return {**{n: None for n in NAMES}, **row}
-    out = {n: row.get(n) for n in NAMES}
-    extra = {k: v for k, v in row.items() if k not in NAMES}  # fields this version dropped, kept as they were
-    known = (defaults or {}).get(row.get("variant"), {})
-    out["params"] = {**known, **(row.get("params") or {})}
-    out["param_label"] = format_params({k: v for k, v in out["params"].items()
-                                        if k in known and freeze(v) != freeze(known[k])})
-    if out.get("peak_mem_bytes") is not None:
-        out["mem_source"] = "memory_pass"  # version 1 always measured memory in a pass of its own
+    out = {**{n: None for n in NAMES}, **row}  # fields a version dropped stay as they were
+    if version == 1:
+        known = (defaults or {}).get(row.get("variant"), {})
+        out["params"] = {**known, **(row.get("params") or {})}
+        out["param_label"] = format_params({k: v for k, v in out["params"].items()
+                                            if k in known and freeze(v) != freeze(known[k])})
+        if out.get("peak_mem_bytes") is not None:
+            out["mem_source"] = "memory_pass"
     out["schema_version"] = SCHEMA_VERSION
-    return {**out, **extra}
+    return out
 
 
 def to_parquet(rows: Iterable[dict[str, Any]], path: Path) -> Path:

@@ -324,3 +324,44 @@ def test_real_kernel_slowdown_flagged_and_a_a_passes():
     # A/A: the same kernel; 25% leaves room for load drift on shared 2-core CI machines
     df = compare.compare_runs(runs["base"], runs["again"], 0.25, 0.01)
     assert df["verdict"][0] == "same", df.T
+
+
+# -- disturbed runs (issue 10): load is not a regression ---------------------------------------
+def _loaded(rows: list[dict], factor: float, noisy_every: int = 1) -> list[dict]:
+    """The same cases measured 3x slower, every ``noisy_every``-th flagged noisy (schema 3)."""
+    out = []
+    for i, r in enumerate(rows):
+        r = {**r, "schema_version": 3, "samples_ms": [x * factor for x in r["samples_ms"]],
+             "time_ms_median": r["time_ms_median"] * factor, "noisy": i % noisy_every == 0,
+             "wait_share": 0.4 if i % noisy_every == 0 else 0.01}
+        out.append(r)
+    return out
+
+
+def test_noisy_cases_get_no_timing_verdict():
+    base = [{**r, "schema_version": 3, "noisy": False} for r in synth_run(1)]
+    df = compare.compare_runs(base, _loaded(synth_run(2), 3.0, noisy_every=2))
+    noisy = df[df["verdict"] == "noisy"]
+    assert len(noisy) == (len(CASES) + 1) // 2
+    assert set(df["verdict"]) == {"noisy", "regressed"}  # the clean ones still judged
+    assert "noisy" in compare.summary_line(df, 0.05)
+    judged = compare.compare_runs(base, _loaded(synth_run(2), 3.0, noisy_every=2), judge_noisy=True)
+    assert set(judged["verdict"]) == {"regressed"}
+
+
+def test_environment_notes_say_what_differs():
+    base_info = {"device_name": "Intel Xeon", "torch_threads": 2, "torch_version": "2.13.0", "gemm_peak_gflops": 320}
+    new_info = {"device_name": "AMD EPYC", "torch_threads": 1, "torch_version": "2.12.0", "gemm_peak_gflops": 66,
+                "gemm_noisy": True, "gemm_wait_share": 0.5}
+    base = [{**r, "schema_version": 3, "noisy": False} for r in synth_run(1)]
+    notes = compare.environment_notes(base_info, new_info, base, _loaded(synth_run(2), 3.0))
+    text = "\n".join(notes)
+    for needle in ("different machines: BASE Intel Xeon, NEW AMD EPYC", "different threads per worker",
+                   "different torch versions", "GEMM peak BASE 320, NEW 66", "NEW's GEMM probe was disturbed",
+                   f"NEW was disturbed: {len(CASES)} of {len(CASES)} timed cases noisy"):
+        assert needle in text
+    assert "BASE was disturbed" not in text
+    same = compare.environment_notes(base_info, base_info, base, base)
+    assert same == []
+    old = compare.environment_notes({}, {}, synth_run(1), base)
+    assert old == ["BASE predates disturbance detection (schema < 3): a loaded machine there is not flagged"]

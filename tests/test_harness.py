@@ -374,8 +374,10 @@ def test_measure_of_known_duration():
         while time.perf_counter() < end:
             pass
 
-    stats = measure(spin10, budget_s=0.5, warmup_s=0.02)
-    assert stats.median_ms == pytest.approx(10.0, rel=0.03)
+    # threads=1: calls during which this thread waited for a CPU (other load) are set aside;
+    # a machine too busy to give clean calls at all is flagged, never measured as 10 ms
+    stats = measure(spin10, budget_s=0.5, warmup_s=0.02, threads=1)
+    assert stats.noisy or stats.median_ms == pytest.approx(10.0, rel=0.03)
     assert stats.min_ms >= 10.0
     assert stats.repeats == len(stats.samples_ms) >= 3
     assert stats.iqr_ms >= 0

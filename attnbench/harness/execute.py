@@ -11,7 +11,9 @@ Order per case (DESIGN.md, measurement protocol):
    or mask built) — which saves a call of seconds at large n; otherwise one call in a memory
    pass of its own (``mem_source`` says which);
 5. warm-up (skipped when the call before took longer than it) and timed repeats
-   (``timing.measure``: a confidence rule, a budget).
+   (``timing.measure``: a confidence rule, a budget; on CPU each sample's run-queue wait is
+   measured, disturbed samples are re-measured and a case without enough clean ones is
+   ``noisy``).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import torch
 
 from attnbench.case import Case, Shape
 from attnbench.check import check_rows
-from attnbench.harness import memory, timing
+from attnbench.harness import cpuwait, memory, timing
 from attnbench.harness.failures import classify
 from attnbench.harness.inputs import make_inputs
 from attnbench.registry import VariantSpec
@@ -113,10 +115,19 @@ def _memory_and_time(case: Case, call, first_ms: float, first_peak: int | None, 
         t0 = time.perf_counter()
         res.update(peak_mem_bytes=memory.peak_bytes(call, device), mem_source="memory_pass")
         warm_ms = (time.perf_counter() - t0) * 1e3
-    stats = timing.measure(call, device=device, warm_ms=warm_ms, **opts.get("timing", {}))
+    threads = torch.get_num_threads() if device == "cpu" else None
+    stats = timing.measure(call, device=device, warm_ms=warm_ms, threads=threads, **opts.get("timing", {}))
     res.update(time_ms_median=stats.median_ms, time_ms_iqr=stats.iqr_ms, time_ms_min=stats.min_ms,
                repeats=stats.repeats, time_ci_rel=stats.ci_rel, timing_stop=stats.stop,
-               samples_ms=[round(s, 6) for s in timing.compact_samples(stats.samples_ms)])
+               samples_ms=[round(s, 6) for s in timing.compact_samples(stats.samples_ms)],
+               wait_share=stats.wait_share, disturbed_samples=stats.disturbed,
+               noisy=stats.noisy if stats.wait_share is not None else None)
+    if stats.noisy:
+        limit = opts.get("timing", {}).get("disturbed_wait", cpuwait.DISTURBED_WAIT)
+        res["reasons"].append(
+            f"noisy: {stats.disturbed} of {stats.repeats} timed calls lost more than {limit:.0%} of their "
+            f"CPU time waiting behind other processes (wait share {stats.wait_share:.0%}); the figures "
+            "include them: rerun on a quiet machine or with fewer threads per worker")
     if measure_memory and first_peak is not None:
         if first_ms <= FIRST_CALL_STEADY * stats.median_ms:
             res.update(peak_mem_bytes=first_peak, mem_source="first_call")

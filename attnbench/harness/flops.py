@@ -6,39 +6,40 @@ per run, in a worker (the parent never touches CUDA).
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 
 def gemm_peak_gflops(device: str = "cpu", dtype: str = "float32", budget_s: float = 2.0) -> dict:
     """Sustained GFLOP/s of ``a @ b``: the best size's median rate (2 n^3 FLOPs per call).
 
     The median, not the single fastest call, so that a short turbo burst does not set a bar
-    that no sustained kernel could reach.
+    that no sustained kernel could reach. On CPU the calls are timed like a case's
+    (``timing.measure`` with the worker's threads): calls that waited for a CPU are re-measured,
+    and a probe that could not get clean calls says so (``gemm_noisy``) — every
+    ``peak_fraction`` of the run depends on it.
     """
     import torch
 
-    from attnbench.harness.timing import time_once
+    from attnbench.harness.timing import measure
     from attnbench.registry import DTYPES
 
     dt = DTYPES[dtype]
-    best = (0.0, 0)
+    threads = torch.get_num_threads() if device == "cpu" else None
+    best = {"gemm_peak_gflops": 0.0, "gemm_peak_size": 0, "gemm_dtype": dtype}
     sizes = (512, 1024, 2048, 4096) if device.startswith("cuda") else (512, 1024, 2048)
-    per_size = budget_s / len(sizes)
+    wait, noisy = [], False
     for n in sizes:
         a = torch.randn(n, n, device=device).to(dt)
         b = torch.randn(n, n, device=device).to(dt)
         out = torch.empty(n, n, device=device, dtype=dt)
-        time_once(lambda: torch.matmul(a, b, out=out), device)  # warm-up
-        t_end = time.perf_counter() + per_size
-        rates = []
-        while time.perf_counter() < t_end or len(rates) < 3:
-            ms = time_once(lambda: torch.matmul(a, b, out=out), device)
-            rates.append(2.0 * n**3 / (ms / 1e3) / 1e9)
-        rate = statistics.median(rates)
-        if rate > best[0]:
-            best = (rate, n)
-    return {"gemm_peak_gflops": best[0], "gemm_peak_size": best[1], "gemm_dtype": dtype}
+        st = measure(lambda: torch.matmul(a, b, out=out), device=device, budget_s=budget_s / len(sizes),
+                     warmup_s=1e-9, ci_min=1 << 30, threads=threads)
+        rate = 2.0 * n**3 / (st.median_ms / 1e3) / 1e9
+        if st.wait_share is not None:
+            wait.append(st.wait_share)
+        noisy = noisy or st.noisy
+        if rate > best["gemm_peak_gflops"]:
+            best.update(gemm_peak_gflops=rate, gemm_peak_size=n)
+    best.update(gemm_wait_share=max(wait) if wait else None, gemm_noisy=noisy if wait else None)
+    return best
 
 
 def achieved(flops: float, median_ms: float | None, peak_gflops: float | None) -> tuple[float | None, float | None]:

@@ -1,0 +1,54 @@
+"""Did the worker get the CPUs it asked for? Run-queue wait of its threads, per timed sample.
+
+Linux keeps, per thread, the time it was runnable but waiting for a CPU
+(``/proc/self/task/<tid>/schedstat``, second field, nanoseconds; scheduler statistics, present
+on every kernel with ``CONFIG_SCHED_INFO``). On a quiet machine a worker with T threads on T
+free cores waits almost never; with another process on one core, its threads queue behind it
+and a multi-threaded kernel waits for the slowest thread at every barrier. The share
+
+    wait_share = run-queue wait of all threads during a sample / (sample wall time x T)
+
+is the fraction of the asked-for CPU time the sample did not get. A sample above
+``DISTURBED_WAIT`` is disturbed: ``timing.measure`` re-measures it and a case that cannot get
+clean samples is flagged ``noisy``. What this cannot see: a hypervisor's steal time below the
+guest kernel (the guest's threads do not wait, the virtual CPU does) and memory-bandwidth
+contention from a process on other cores; the run-level GEMM probe and ``compare``'s machine
+check cover those.
+"""
+from __future__ import annotations
+
+import os
+
+DISTURBED_WAIT = 0.05  # a sample that lost more than 5% of its asked-for CPU time is disturbed
+_TASKS = "/proc/self/task"
+
+
+def available() -> bool:
+    """Whether this kernel reports per-thread run-queue wait."""
+    try:
+        return wait_ns() is not None
+    except OSError:
+        return False
+
+
+def wait_ns() -> int | None:
+    """Run-queue wait (ns) summed over this process's live threads; None without schedstat."""
+    total = 0
+    try:
+        tids = os.listdir(_TASKS)
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"{_TASKS}/{tid}/schedstat", "rb") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended between listdir and open
+    return total
+
+
+def share(wait_delta_ns: int | None, wall_s: float, threads: int) -> float | None:
+    """The share of ``threads`` CPUs over ``wall_s`` spent waiting (None when not measured)."""
+    if wait_delta_ns is None or wall_s <= 0:
+        return None
+    return max(0, wait_delta_ns) / (wall_s * 1e9 * max(1, threads))
