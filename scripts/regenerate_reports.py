@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         rel = d.relative_to(args.results)
         committed = args.reports / rel
         out = Path(tempfile.mkdtemp()) / rel if args.check else committed
-        files = build_report([d], out, baseline_for(d), figures=not args.check)
+        files = build_report([d], out, baseline_for(d), figures=not args.check, say=lambda m: print(f"{rel}: {m}"))
         print(f"{rel}: {len(files)} files -> {out}")
         if args.check:
             for f in (out / "tables").glob("*"):

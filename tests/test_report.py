@@ -18,6 +18,7 @@ import pytest
 
 from attnbench.report import build as B
 from attnbench.report import tables as T
+from attnbench.scaling import fit_loglog
 
 NS = (512, 1024, 2048, 4096, 8192)
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "cpu-xeon-2core"
@@ -96,16 +97,18 @@ def test_scaling_exponents_are_the_known_powers(report):
     assert s.loc["full@sdpa", "time_n_min"] == 2048 and s.loc["full@sdpa", "time_points"] == 3
     assert s.loc["quad@naive", "time_n_max"] == 4096
     md = (report / "tables" / "scaling_fwd_float32_cpu.md").read_text()
-    assert "2.00 ± 0.00" in md and "standard error" in md
+    assert "2.00 ± 0.00" in md and "95% confidence interval" in md
+    # quad@naive: two points (2048, 4096) whose samples are all equal: a zero-width interval from them
+    assert s.loc["quad@naive", "time_exponent_lo"] == pytest.approx(2.0, abs=1e-6)
 
 
 def test_fit_falls_back_to_all_ok_points_and_reports_spread():
     g = pd.DataFrame([{"seq_len": n, "status": "ok", "time_ms_median": float(n) ** 1.5} for n in (256, 512, 1024)])
     pts, rule = T.fit_points(g, "time_ms_median", 2048)
     assert rule == "all ok n" and len(pts) == 3
-    s, se, k = T.fit_loglog([1, 2, 4, 8], [1.0, 2.2, 3.9, 8.5])
+    s, se, k = fit_loglog([1, 2, 4, 8], [1.0, 2.2, 3.9, 8.5])
     assert k == 4 and 0.9 < s < 1.1 and 0 < se < 0.1
-    assert T.fit_loglog([1, 2], [1.0, 4.0])[1] != T.fit_loglog([1, 2], [1.0, 4.0])[1]  # nan with two points
+    assert fit_loglog([1, 2], [1.0, 4.0])[1] != fit_loglog([1, 2], [1.0, 4.0])[1]  # nan with two points
 
 
 def test_crossover_at_known_n(report):
@@ -128,6 +131,12 @@ def test_crossover_rules():
     c = T.crossover([(1, "loss", 0.5), (2, "win", None)])
     assert c["verdict"] == "crossover" and c["crossover_n"] == 2
     assert T.crossover([(1, "win", 2.0), (2, "loss", None)])["verdict"] == "never in range"
+    # within the noise: a tie at the largest n is no crossover; ties between a loss and wins bracket it
+    assert T.crossover([(1, "loss", 0.5), (2, "tie", 1.1)])["verdict"] == T.NO_CROSSOVER
+    c = T.crossover([(1, "loss", 0.5), (2, "tie", 1.02), (4, "win", 2.0)])
+    assert c["verdict"] == "crossover" and c["crossover_n"] is None and (c["last_slower_n"], c["first_faster_n"]) == (1, 4)
+    c = T.crossover([(1, "tie", 0.98), (2, "win", 2.0)])
+    assert c["verdict"] == "faster from" and c["first_faster_n"] == 2
 
 
 def test_failed_cases_show_their_mark_never_blank(report):

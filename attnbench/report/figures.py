@@ -1,12 +1,19 @@
 """Figures from stored result rows (matplotlib Agg through ``Figure`` objects, seaborn styling).
 
-One colour per family (seaborn ``tab10`` in the registry's family order), shaded and dashed
-per pattern inside a family, one marker per kernel, the same in every figure of a report; the
-settings of a variant run at several parameter values go from dark to light by value.
+Line figures over n (time, memory, speed-up, throughput) hold at most ``LINE_CAP`` lines per
+panel: one panel when the group fits, else one per family, split by pattern, kernel and even
+chunks of settings where needed (:func:`panels_for`), in two columns beyond
+``ONE_COLUMN_UP_TO`` panels. The baseline is drawn near black in every panel; the other lines
+of a panel each get their own colour (a dark-to-light ramp by value when the panel holds one
+variant's settings), the kernel's marker and the pattern's dash, a spare marker where those
+would repeat (:func:`panel_styles`). Time and throughput lines carry a band over the
+interquartile range of the timed calls; white-filled markers are points not to read as clean
+(a noisy time, a speed-up within the noise: ``tables.is_noisy`` / ``tables.faster``).
 Cases that did not run are drawn, never dropped: a hollow marker per failure kind in a strip at
 the top edge of the axes at the n that failed, with a legend entry; variants that never ran
 (unsupported everywhere) are named in a note under the figure. Legends sit outside the axes on
-the right. A group with many variants is split into one panel per family.
+the right. The bubble chart and the sweep figures use :class:`Style`: one colour per family,
+shaded and dashed per pattern, one marker per kernel, settings dark to light by value.
 
 Output is deterministic: no pyplot state, fixed rcParams (``svg.hashsalt``), sorted iteration,
 PDF without a creation date. The figures of parameter sweeps are in
@@ -25,10 +32,19 @@ import numpy as np
 import pandas as pd
 
 from attnbench.report.sweeps import settings_of
-from attnbench.report.tables import FAMILY_ORDER, MIB, family_rank, finite, param_sort_key, row_order
+from attnbench.scaling import LEVEL
+from attnbench.report.tables import (FAMILY_ORDER, MIB, family_rank, faster, finite, is_noisy, param_sort_key,
+                                     quartiles, row_order)
 
 DPI = 150
-FACET_ABOVE = 8  # more variants than this in one group: one panel per family
+LINE_CAP = 8  # at most this many lines of variants per panel, the baseline's included
+ONE_COLUMN_UP_TO = 3  # panels in one column up to this many, in two beyond
+PANEL_PALETTE = "tab10"  # colours of the lines of one panel, in order (its grey left out)
+SETTINGS_CMAP = "viridis"  # a panel of one variant's settings: dark (smallest value) to light
+BASELINE_COLOR = "0.1"
+BAND_ALPHA = 0.15  # the interquartile band around a time or throughput line
+HOLLOW_MEANING = {False: "white-filled marker: noisy (worker lacked CPU)",
+                  True: f"white-filled marker: within the noise ({LEVEL:.0%} intervals overlap)"}
 KERNEL_MARKERS = {
     "sdpa": "o", "naive": "s", "flash": "^", "flex": "D", "math": "v", "blocked": "P", "dense": "h",
     "sdpa_mask": "p", "xformers": "<", "efficient": ">", "cudnn": "8", "favor": "H", "lsh": "d",
@@ -148,12 +164,28 @@ def fmt_n_tick(n: int) -> str:
     return str(n)
 
 
+def _columns(panels: int) -> int:
+    return 1 if panels <= ONE_COLUMN_UP_TO else 2
+
+
 def _new_figure(panels: int, width: float = 9.0, panel_h: float = 3.3):
+    """``panels`` axes, one column (two beyond ONE_COLUMN_UP_TO), filled row by row; an empty
+    last cell is left blank."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, panel_h * panels + 0.5), dpi=DPI, layout="constrained")
-    axes = fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
-    return fig, list(axes)
+    cols = _columns(panels)
+    rows = math.ceil(panels / cols)
+    fig = Figure(figsize=(width * cols, panel_h * rows + 0.5), dpi=DPI, layout="constrained")
+    grid = fig.subplots(rows, cols, squeeze=False)
+    axes = [grid[i // cols, i % cols] for i in range(panels)]
+    for i in range(panels, rows * cols):
+        grid[i // cols, i % cols].set_axis_off()
+    return fig, axes
+
+
+def _bottom_axes(axes: list, cols: int) -> list:
+    """The lowest panel of each column (they carry the x label)."""
+    return [ax for i, ax in enumerate(axes) if i + cols >= len(axes)]
 
 
 def _set_n_axis(ax, ns: Sequence[int]) -> None:
@@ -241,19 +273,112 @@ def metric_value(metric: str, r: dict, base: dict | None) -> float | None:
     raise ValueError(metric)
 
 
+def metric_band(metric: str, r: dict) -> tuple[float, float] | None:
+    """The interquartile range of the timed calls in the metric's unit (time, throughput)."""
+    q = quartiles(r) if metric in ("time", "throughput") else None
+    if q is None or not q[0] > 0:
+        return None
+    if metric == "time":
+        return q
+    t = float(r["time_ms_median"])
+    thr = metric_value("throughput", r, None)
+    return thr * t / q[1], thr * t / q[0]  # tokens/s ∝ 1 / time: the quartiles swap
+
+
+def hollow(metric: str, r: dict, base: dict | None) -> bool:
+    """A point not to read as clean: a noisy time, or a speed-up within the noise."""
+    if metric == "speedup":
+        return faster(r, base) == 0
+    return metric in ("time", "throughput") and is_noisy(r)
+
+
+# --------------------------------------------------------------------------------------------
+# panels: at most LINE_CAP lines each, every line its own colour
+# --------------------------------------------------------------------------------------------
 def panels_for(g: pd.DataFrame, baseline: str) -> list[tuple[str, list[str]]]:
-    """[(panel title, labels)]: one panel, or one per family when there are many variants."""
-    labels = row_order(g, baseline)
-    if len(labels) <= FACET_ABOVE:
+    """[(panel title, labels)] of the labels that ran at some n (the baseline apart: every panel
+    draws it). One panel when all fit LINE_CAP lines; else one per family, a family split by
+    pattern, a pattern by kernel, a kernel's settings into even chunks, neighbours packed back
+    together while they fit. A family none of whose variants ran gets no panel."""
+    st = g.groupby("label")["status"].agg(lambda x: set(x))
+    labels = [lab for lab in row_order(g, baseline) if lab != baseline and not st[lab] <= {"unsupported"}]
+    room = LINE_CAP - (1 if baseline in st.index else 0)
+    if len(labels) <= room:
         return [("", labels)]
-    fam = g.groupby("label")["family"].first()
+    first = g.groupby("label", sort=True)[["family", "pattern", "kernel"]].first()
     ran = set(g.loc[g["status"] == "ok", "label"])
-    # A family none of whose variants ran anywhere gets no (empty) panel: the note under the
-    # figure names the variants that never ran.
-    fams = sorted({fam[lab] for lab in labels if lab in ran}, key=lambda f: (family_rank(f), f))
-    return [(f"family: {f}", [lab for lab in labels if fam[lab] == f]) for f in fams]
+    fams = sorted({first.loc[lab, "family"] for lab in labels if lab in ran}, key=lambda f: (family_rank(f), f))
+    out = []
+    for f in fams:
+        out += _split([lab for lab in labels if first.loc[lab, "family"] == f], first, room, f"family: {f}",
+                      ("pattern", "kernel"))
+    return out
 
 
+def _split(labels: list[str], first: pd.DataFrame, room: int, title: str,
+           keys: Sequence[str]) -> list[tuple[str, list[str]]]:
+    if len(labels) <= room:
+        return [(title, labels)]
+    if not keys:  # one kernel of one pattern at many settings: even chunks in value order
+        k = math.ceil(len(labels) / room)
+        size = math.ceil(len(labels) / k)
+        return [(f"{title} (settings {i * size + 1}–{min(len(labels), (i + 1) * size)} of {len(labels)})",
+                 labels[i * size:(i + 1) * size]) for i in range(k)]
+    parts: dict[str, list[str]] = {}
+    for lab in labels:
+        parts.setdefault(str(first.loc[lab, keys[0]]), []).append(lab)
+    if len(parts) == 1:
+        return _split(labels, first, room, title, keys[1:])
+    out = []
+    for names, labs in _packed(parts, room):
+        out += _split(labs, first, room, f"{title} · {keys[0]} {names}", keys[1:])
+    return out
+
+
+def _packed(parts: dict[str, list[str]], room: int) -> list[tuple[str, list[str]]]:
+    """Neighbouring parts joined while their labels fit ``room`` (a part too big stays alone)."""
+    out: list[tuple[list[str], list[str]]] = []
+    for name, labs in parts.items():
+        if out and len(out[-1][1]) + len(labs) <= room:
+            out[-1][0].append(name)
+            out[-1][1].extend(labs)
+        else:
+            out.append(([name], list(labs)))
+    return [(", ".join(names), labs) for names, labs in out]
+
+
+def panel_styles(labels: list[str], first: dict, style: Style) -> dict[str, dict]:
+    """Line style per label of one panel: its own colour (PANEL_PALETTE in panel order; a ramp
+    SETTINGS_CMAP dark to light by value when the panel holds settings of one variant only), the
+    kernel's marker and the pattern's dash, or the next spare marker where another line of the
+    panel has that pair already."""
+    import matplotlib
+    import seaborn as sns
+
+    if len(labels) > 1 and len({first[lab]["variant"] for lab in labels}) == 1:
+        cmap = matplotlib.colormaps[SETTINGS_CMAP]
+        colors = [tuple(cmap(0.85 * i / (len(labels) - 1))[:3]) for i in range(len(labels))]
+    else:
+        pal = [c for i, c in enumerate(sns.color_palette(PANEL_PALETTE, 10)) if i != 7]  # 7: grey
+        colors = [tuple(pal[i % len(pal)]) for i in range(len(labels))]
+    out, used = {}, set()
+    for lab, c in zip(labels, colors):
+        kw = {**style.kw(first[lab]), "color": c}
+        if (kw["marker"], kw["ls"]) in used:
+            kw["marker"] = next((m for m in SPARE_MARKERS if (m, kw["ls"]) not in used), kw["marker"])
+        used.add((kw["marker"], kw["ls"]))
+        out[lab] = kw
+    return out
+
+
+def baseline_kw(first: dict, style: Style) -> dict:
+    """The baseline in every panel: near black, solid, its kernel's marker."""
+    return {**style.kw(first), "color": BASELINE_COLOR, "ls": "-"}
+
+
+# --------------------------------------------------------------------------------------------
+# line figures
+# --------------------------------------------------------------------------------------------
 @dataclass
 class _Lines:
     """What every panel of one line figure reads: the group's rows by (label, n) and the first
@@ -276,11 +401,13 @@ class _Lines:
 class _Panel:
     """What drawing one panel's lines left for its axes and for the figure's notes."""
 
-    ys: list[float] = field(default_factory=list)  # every drawn value (y limits)
+    kw: dict[str, dict]  # line style per label (the baseline's too)
+    ys: list[float] = field(default_factory=list)  # every drawn value and band edge (y limits)
     fails: dict[int, list[tuple[str, str]]] = field(default_factory=dict)  # n -> (label, status): top strip
     drawn: int = 0
-    never: list[str] = field(default_factory=list)  # labels unsupported at every n
     zero_mem: int = 0  # ok memory points of 0 bytes: not drawable on a log axis
+    spread: set = field(default_factory=set)  # "band" (2+ points) / "bar" (a lone point) drawn
+    hollowed: bool = False
 
 
 def line_figure(g: pd.DataFrame, metric: str, baseline: str, style: Style, title_desc: str):
@@ -290,16 +417,19 @@ def line_figure(g: pd.DataFrame, metric: str, baseline: str, style: Style, title
                first=g.groupby("label", sort=True).first().to_dict("index"))
     panels = panels_for(g, baseline)
     fig, axes = _new_figure(len(panels))
-    never, zero_mem = [], 0
+    zero_mem = 0
     for ax, (ptitle, labels) in zip(axes, panels):
-        p = _draw_lines(ax, d, labels)
+        kw = panel_styles(labels, d.first, style)
+        if baseline in d.first:
+            kw[baseline] = baseline_kw(d.first[baseline], style)
+        p = _draw_lines(ax, d, labels, _Panel(kw))
         _finish_panel(ax, d, labels, ptitle, p)
-        never += p.never
         zero_mem += p.zero_mem
-    axes[-1].set_xlabel("sequence length n (tokens" + (" in the KV cache)" if "decode" in title_desc else ")"))
+    for ax in _bottom_axes(axes, _columns(len(panels))):
+        ax.set_xlabel("sequence length n (tokens" + (" in the KV cache)" if "decode" in title_desc else ")"))
     extra = f"vs {baseline}" if d.m.speedup else ""
     fig.suptitle(f"{d.m.title} {extra}".strip() + f"\n{title_desc}", fontsize=10)
-    _line_notes(fig, g, metric, title_desc, never, zero_mem)
+    _line_notes(fig, g, metric, title_desc, zero_mem)
     return fig
 
 
@@ -325,50 +455,66 @@ def _points(d: _Lines, lab: str) -> tuple[list[int], list[float], list[tuple[int
     return xs, ys, missing, zero_mem
 
 
-def _draw_lines(ax, d: _Lines, labels: list[str]) -> _Panel:
-    """One line per label of the panel, the baseline too where it is the bar the panel is read
-    against; labels without a point go to the failure strip or the figure's note."""
-    p = _Panel()
+def _draw_lines(ax, d: _Lines, labels: list[str], p: _Panel) -> _Panel:
+    """The baseline (where the panel is read against it) and one line per label, each with its
+    IQR band and hollow markers where not clean; failures go to the top strip."""
     show = list(labels)
-    if (d.m.ref_slopes or d.metric == "throughput") and d.baseline in d.first and d.baseline not in show:
+    if d.baseline in d.first and not d.m.speedup:
         show = [d.baseline] + show  # the bar every panel is read against
     if d.m.speedup:
-        ax.axhline(1.0, color="0.15", lw=1.0, zorder=2, label=f"{d.baseline} (= 1)")
+        ax.axhline(1.0, color=BASELINE_COLOR, lw=1.0, zorder=2, label=f"{d.baseline} (= 1)")
         p.ys.append(1.0)
     for lab in show:
-        if d.m.speedup and lab == d.baseline:
-            continue
         xs, ys, missing, zero_mem = _points(d, lab)
         p.zero_mem += zero_mem
-        if lab in labels:  # the baseline's copy in another family's panel adds no failure marks
-            for n, st in missing:
-                p.fails.setdefault(n, []).append((lab, st))
-        kw = d.style.kw(d.first[lab])
+        for n, st in missing:
+            p.fails.setdefault(n, []).append((lab, st))
+        kw = p.kw[lab]
         if not xs:
-            if lab in labels and set(d.g[d.g["label"] == lab]["status"]) <= {"unsupported"}:
-                p.never.append(lab)  # named under the figure instead; the strip's n keep their headroom
-                p.fails = {n: [x for x in v if x[0] != lab] for n, v in p.fails.items()}
-            elif lab in labels and any(x[0] == lab for v in p.fails.values() for x in v):
-                ax.plot([], [], label=f"{lab} (no point drawn)", **kw)  # its colour for the strip
+            ax.plot([], [], label=f"{lab} (no point drawn)", **kw)  # its colour for the strip
             continue
-        is_ref_copy = lab == d.baseline and lab not in labels
-        if is_ref_copy:
-            kw.update(color="0.15", ls="-", lw=1.0, alpha=0.8)
         name = f"{lab} (baseline)" if lab == d.baseline else lab
-        ax.plot(xs, ys, label=name, markersize=4.5 if not is_ref_copy else 3.5, zorder=3, **kw)
+        lw = 1.1 if lab == d.baseline else None
+        ax.plot(xs, ys, label=name, markersize=4.5, zorder=3, **kw, **({"lw": lw} if lw else {}))
+        _band_and_hollows(ax, d, lab, xs, kw, p)
         p.ys.extend(ys)
         p.drawn += 1
     return p
 
 
+def _band_and_hollows(ax, d: _Lines, lab: str, xs: list[int], kw: dict, p: _Panel) -> None:
+    """The label's interquartile band (time, throughput) and white-filled markers on its points
+    that are not clean (noisy; a speed-up within the noise)."""
+    rows = [d.rec[(lab, n)] for n in xs]
+    bands = [(n, metric_band(d.metric, r)) for n, r in zip(xs, rows)]
+    bands = [(n, b) for n, b in bands if b is not None]
+    ys = {n: y for n, y in zip(xs, (metric_value(d.metric, r, None) for r in rows))}
+    if len(bands) == 1:  # a band needs two n: a bar at a lone point
+        (n, (lo, hi)), = bands
+        ax.errorbar([n], [ys[n]], yerr=[[ys[n] - lo], [hi - ys[n]]], color=kw["color"], lw=1.0, capsize=3,
+                    ls="none", zorder=2)
+        p.spread.add("bar")
+    elif bands:
+        ax.fill_between([n for n, _ in bands], [b[0] for _, b in bands], [b[1] for _, b in bands],
+                        color=kw["color"], alpha=BAND_ALPHA, lw=0, zorder=2)
+        p.spread.add("band")
+    p.ys.extend(v for _, b in bands for v in b)
+    hx = [(n, metric_value(d.metric, r, d.rec.get((d.baseline, n)))) for n, r in zip(xs, rows)
+          if hollow(d.metric, r, d.rec.get((d.baseline, n)))]
+    if hx:
+        ax.plot([n for n, _ in hx], [y for _, y in hx], ls="none", marker=kw["marker"], markersize=4.5,
+                mfc="white", mec=kw["color"], zorder=4)
+        p.hollowed = True
+
+
 def _finish_panel(ax, d: _Lines, labels: list[str], ptitle: str, p: _Panel) -> None:
     """Axes of one panel: log y (room at the top for the failure strip), n ticks, reference
-    slopes, failure strip, labels and legend."""
+    slopes, failure strip, labels and legend (with what bands and hollow markers mean)."""
     lo, hi = set_log_y(ax, p.ys, headroom=bool(p.fails))
     _set_n_axis(ax, d.ns)
     if d.m.ref_slopes and p.ys:
         _reference_slopes(ax, d.g, labels, d.rec, d.metric, d.ns, hi)
-    _failure_strip(ax, p.fails, d.first, d.style)
+    _failure_strip(ax, p.fails, p.kw)
     ax.set_ylabel(d.m.ylabel)
     if d.metric == "speedup":
         from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -380,16 +526,21 @@ def _finish_panel(ax, d: _Lines, labels: list[str], ptitle: str, p: _Panel) -> N
         ax.set_title(ptitle, loc="left", fontsize=9)
     if not p.drawn and not p.fails:
         ax.text(0.5, 0.5, "nothing ran in this panel", transform=ax.transAxes, ha="center", color="0.4")
+    if p.spread:
+        what = " / ".join(k for k in ("band", "bar") if k in p.spread)
+        ax.fill_between([], [], [], color="0.3", alpha=2 * BAND_ALPHA, lw=0,
+                        label=f"{what}: interquartile range of the calls")
+    if p.hollowed:
+        ax.plot([], [], ls="none", marker="o", mfc="white", mec="0.2", label=HOLLOW_MEANING[d.m.speedup])
     legend_outside(ax)
 
 
-def _line_notes(fig, g: pd.DataFrame, metric: str, title_desc: str, never: list[str], zero_mem: int) -> None:
+def _line_notes(fig, g: pd.DataFrame, metric: str, title_desc: str, zero_mem: int) -> None:
     """Lines under the figure: variants that never ran, undrawn zero-memory points, how
     throughput is counted."""
     notes = []
-    # also the variants of families that got no panel (nothing of theirs ran)
     st = g.groupby("label")["status"].agg(lambda x: set(x))
-    never = sorted(set(never) | {lab for lab, s in st.items() if s <= {"unsupported"}})
+    never = sorted(lab for lab, s in st.items() if s <= {"unsupported"})
     if never:
         notes.append("Not run (unsupported at every n here): " + ", ".join(never) + ".")
     if zero_mem:
@@ -423,8 +574,8 @@ def _reference_slopes(ax, g, labels, rec, metric, ns, ytop) -> None:
     ax.plot([], [], **REF_STYLE, label="reference slopes ∝ n, ∝ n²")
 
 
-def _failure_strip(ax, fails: dict[int, list[tuple[str, str]]], first: dict, style: Style) -> None:
-    """Hollow markers at the top edge (axes y near 1) at each n where a variant did not run."""
+def _failure_strip(ax, fails: dict[int, list[tuple[str, str]]], kw: dict[str, dict]) -> None:
+    """Hollow markers at the top edge (axes y near 1) at each n where a line of the panel did not run."""
     from matplotlib.transforms import blended_transform_factory
 
     if not any(fails.values()):
@@ -434,11 +585,9 @@ def _failure_strip(ax, fails: dict[int, list[tuple[str, str]]], first: dict, sty
     for n in sorted(fails):
         items = sorted(fails[n])
         for j, (lab, st) in enumerate(items):
-            f = first[lab]
-            color = style.kw(f)["color"]
             mk = (NO_BASE_STYLE if st == "no_base" else FAIL_STYLE.get(st, ("x", st)))[0]
             y = 0.95 - j * min(0.05, 0.2 / max(len(items), 1))
-            ax.plot([n], [y], transform=tr, marker=mk, markersize=7, mew=1.6, mfc="none", mec=color,
+            ax.plot([n], [y], transform=tr, marker=mk, markersize=7, mew=1.6, mfc="none", mec=kw[lab]["color"],
                     ls="none", clip_on=False, zorder=5)
             kinds.add(st)
     for st in sorted(kinds, key=lambda s: list(FAIL_STYLE).index(s) if s in FAIL_STYLE else 99):

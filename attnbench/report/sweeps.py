@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from attnbench.params import format_params, format_value
-from attnbench.report.tables import (MIB, NO_BASE, NOT_RECORDED, Table, csv_frame, finite, fmt_num, fmt_ratio,
-                                     fmt_sci, fmt_with_spread, has_column, mark, value_sort_key)
+from attnbench.report.tables import (MIB, NO_BASE, NOISE_WORD, NOT_RECORDED, WITHIN_NOISE, Table, csv_frame, faster,
+                                     finite, fmt_num, fmt_ratio, fmt_sci, fmt_with_spread, has_column, mark, marked,
+                                     noise_mark, value_sort_key)
 from attnbench.schema import params_key
 
 ERR_COLUMNS = ("rel_err", "rel_err_sharp")  # error vs exact attention: gaussian and sharp inputs
@@ -142,7 +143,8 @@ def _median_of(v: pd.DataFrame, col: str) -> float | None:
 
 def sweep_records(g: pd.DataFrame, s: Sweep, baseline: str) -> list[dict]:
     """One record per setting at the sweep's n: status, time, IQR, memory (MiB), speed-up vs the
-    baseline at that n, and rel_err / rel_err_sharp (median over the setting's rows)."""
+    baseline at that n (outside the noise or not), the noise marks of the setting's time and of
+    the speed-up (tables.noise_mark), and rel_err / rel_err_sharp (median over the setting's rows)."""
     rows = _sweep_rows(g, s)
     base = g[(g["label"] == baseline) & (g["seq_len"] == s.n)]
     b = base.iloc[0].to_dict() if len(base) else None
@@ -157,17 +159,27 @@ def sweep_records(g: pd.DataFrame, s: Sweep, baseline: str) -> list[dict]:
                "value": s.values[i] if s.numeric else s.value_text(i), "value_text": s.value_text(i),
                "seq_len": s.n, "status": r["status"] if r is not None else "not_measured", "mark": m or "",
                "time_ms_median": None, "time_ms_iqr": None, "peak_mem_mib": None, "speedup": None,
+               "outside_noise": None, "noise": "", "speedup_noise": "",
                "baseline_time_ms": float(b["time_ms_median"]) if b_ok else None,
                "baseline_peak_mem_mib": float(b["peak_mem_bytes"]) / MIB if b_ok and finite(b.get("peak_mem_bytes"))
                else None,
                "rel_err": _median_of(v, "rel_err"), "rel_err_sharp": _median_of(v, "rel_err_sharp")}
         if m is None and finite(r.get("time_ms_median")):
-            t = float(r["time_ms_median"])
-            rec.update(time_ms_median=t, time_ms_iqr=float(r["time_ms_iqr"]) if finite(r.get("time_ms_iqr")) else None,
-                       peak_mem_mib=float(r["peak_mem_bytes"]) / MIB if finite(r.get("peak_mem_bytes")) else None,
-                       speedup=float(b["time_ms_median"]) / t if b_ok and t > 0 else None)
+            rec.update(_timed_fields(r, b if b_ok else None))
         recs.append(rec)
     return recs
+
+
+def _timed_fields(r: dict, b: dict | None) -> dict:
+    """Time, IQR, memory, speed-up vs the baseline row ``b`` (None: it did not run) and the marks."""
+    t = float(r["time_ms_median"])
+    out = {"time_ms_median": t, "time_ms_iqr": float(r["time_ms_iqr"]) if finite(r.get("time_ms_iqr")) else None,
+           "peak_mem_mib": float(r["peak_mem_bytes"]) / MIB if finite(r.get("peak_mem_bytes")) else None,
+           "noise": noise_mark(r)}
+    if b is not None and t > 0:
+        out.update(speedup=float(b["time_ms_median"]) / t, outside_noise=faster(r, b) != 0,
+                   speedup_noise=noise_mark(r, b))
+    return out
 
 
 def _sweep_cells(rec: dict, with_base: bool, with_err: bool) -> list[str]:
@@ -177,10 +189,11 @@ def _sweep_cells(rec: dict, with_base: bool, with_err: bool) -> list[str]:
     elif t is None:
         cells = [NOT_RECORDED, NOT_RECORDED]
     else:
-        cells = [fmt_with_spread(t, rec["time_ms_iqr"]),
+        cells = [marked(fmt_with_spread(t, rec["time_ms_iqr"]), rec["noise"]),
                  fmt_num(rec["peak_mem_mib"]) if rec["peak_mem_mib"] is not None else NOT_RECORDED]
     if with_base:
-        cells.append(rec["mark"] or (fmt_ratio(rec["speedup"]) if rec["speedup"] is not None else NO_BASE))
+        cells.append(rec["mark"] or (marked(fmt_ratio(rec["speedup"]), "" if rec["outside_noise"] else WITHIN_NOISE,
+                                            rec["speedup_noise"]) if rec["speedup"] is not None else NO_BASE))
     if with_err:
         cells += [fmt_sci(rec[c]) for c in ERR_COLUMNS]
     return [rec["value_text"], rec["label"], *cells]
@@ -206,11 +219,12 @@ def sweep_table(g, group, s: Sweep, baseline, slug, desc) -> Table:
         notes.append("rel_err: relative error vs exact softmax attention on gaussian and on sharp inputs "
                      "(attnbench.approx, n = 1024), median over the setting's rows.")
     cols = ["variant", "label", "param", "value", "seq_len", "status", "mark", "time_ms_median", "time_ms_iqr",
-            "peak_mem_mib", "speedup", "baseline_time_ms", "rel_err", "rel_err_sharp"]
+            "noise", "peak_mem_mib", "speedup", "outside_noise", "baseline_time_ms", "rel_err", "rel_err_sharp"]
+    csv_recs = [{**r, "noise": NOISE_WORD[r["noise"]]} for r in recs]
     return Table(name=f"sweep_{s.stem}_{slug}",
                  title=f"Sweep of {s.param} for {s.variant} at n = {s.n} — {desc}", header=header,
                  rows=[_sweep_cells(r, with_base, with_err) for r in recs],
-                 csv=csv_frame(recs, group, cols), align="ll" + "r" * (len(header) - 2), notes=notes)
+                 csv=csv_frame(csv_recs, group, cols), align="ll" + "r" * (len(header) - 2), notes=notes)
 
 
 def sweep_tables(g: pd.DataFrame, group: dict, sweeps: Sequence[Sweep], baseline: str,

@@ -20,8 +20,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from attnbench.harness.timing import median_ci
 from attnbench.params import format_value
-from attnbench.scaling import fit_loglog
+from attnbench.scaling import LEVEL, SlopeFit, fit_loglog_ci
 from attnbench.vocab import BASE_FAILED, FAMILIES, MODES, STATUSES, VARIANT_FAILED
 
 # Short marks for rows that did not produce a number, and what they mean (vocab.STATUSES).
@@ -40,6 +41,17 @@ GROUP_FIELDS = ("device_name", "device", "mode", "dtype", "causal", "batch", "he
 MODE_ORDER = tuple(MODES)
 FAMILY_ORDER = tuple(FAMILIES)
 MIB = 2.0 ** 20
+# Marks after a timed number a reader should not read as clean (see "spread and noise" below).
+UNSTABLE_IQR_REL = 0.10  # the one threshold: an IQR above this share of the median marks the cell
+NOISY, UNSTABLE, WITHIN_NOISE = "†", "~", "ns"
+NOISE_MEANING = {
+    NOISY: "noisy: the worker did not get the CPU it asked for in enough timed calls (row field noisy); "
+           "the time is not clean",
+    UNSTABLE: f"unstable: the interquartile range of the timed calls exceeds {UNSTABLE_IQR_REL:.0%} of the median",
+    WITHIN_NOISE: f"within the noise: the {LEVEL:.0%} confidence intervals of the two medians overlap, so "
+                  f"neither is faster outside the noise",
+}
+NOISE_WORD = {NOISY: "noisy", UNSTABLE: "unstable", "": ""}  # the CSV's ``noise`` column
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,10 +122,13 @@ class Table:
         used = {c for r in self.rows for c in r}
         marks = [m for m in STATUS_MEANING if m in used]
         marks += [m for m in EXTRA_MEANING if m in used]
+        tokens = {t for r in self.rows for c in r for t in str(c).split()}  # marks after a number
+        marks += [m for m in NOISE_MEANING if m in tokens]
         return marks
 
     def legend_lines(self) -> list[str]:
-        return [f"`{m}` {STATUS_MEANING.get(m) or EXTRA_MEANING[m]}" for m in self.marks_used()]
+        return [f"`{m}` {STATUS_MEANING.get(m) or EXTRA_MEANING.get(m) or NOISE_MEANING[m]}"
+                for m in self.marks_used()]
 
     def _align(self) -> str:
         return self.align or ("l" + "r" * (len(self.header) - 1))
@@ -146,7 +161,8 @@ _TEX_SUBS = [
     ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}"),
 ]
 _TEX_SYMBOLS = {"×": r"$\times$", "±": r"$\pm$", "≥": r"$\geq$", "≤": r"$\leq$", "≈": r"$\approx$",
-                "—": "---", "–": "--", "²": r"$^2$", "∝": r"$\propto$", "·": r"$\cdot$", "µ": r"$\mu$"}
+                "—": "---", "–": "--", "²": r"$^2$", "∝": r"$\propto$", "·": r"$\cdot$", "µ": r"$\mu$",
+                "†": r"\dag{}"}
 
 
 def tex_escape(s: str) -> str:
@@ -312,6 +328,105 @@ def _grid_table(g: pd.DataFrame, group: dict, baseline: str, *, name: str, title
 
 
 # --------------------------------------------------------------------------------------------
+# spread and noise: which timed numbers are clean, and which differences are outside the noise
+# --------------------------------------------------------------------------------------------
+def is_noisy(r: dict | None) -> bool:
+    """The row's ``noisy`` flag (schema 3; absent or null in older rows: not flagged)."""
+    flag = r.get("noisy") if r is not None else None
+    return isinstance(flag, (bool, np.bool_)) and bool(flag)
+
+
+def is_unstable(r: dict | None) -> bool:
+    """An ok row whose IQR exceeds UNSTABLE_IQR_REL of its median."""
+    if r is None or not (finite(r.get("time_ms_median")) and finite(r.get("time_ms_iqr"))):
+        return False
+    med = float(r["time_ms_median"])
+    return med > 0 and float(r["time_ms_iqr"]) > UNSTABLE_IQR_REL * med
+
+
+def noise_mark(*rows: dict | None) -> str:
+    """NOISY if any of ``rows`` is noisy, else UNSTABLE if any is unstable, else ""."""
+    if any(is_noisy(r) for r in rows):
+        return NOISY
+    return UNSTABLE if any(is_unstable(r) for r in rows) else ""
+
+
+def marked(cell: str, *marks: str) -> str:
+    """``cell`` followed by the non-empty marks, each after a space (``4.19 [0.61] ~``)."""
+    return " ".join([cell, *(m for m in marks if m)])
+
+
+def _samples(r: dict) -> list[float]:
+    s = r.get("samples_ms")
+    if isinstance(s, (list, tuple, np.ndarray)):
+        return [float(x) for x in s if finite(x)]
+    return []
+
+
+def median_interval(r: dict | None) -> tuple[float, float] | None:
+    """The LEVEL confidence interval of an ok row's median time: from ``time_ci_rel`` where the
+    row has it, else from its samples (``harness.timing.median_ci``, min..max for 5 or fewer),
+    else median ± IQR/2 (wider: conservative); None without any of them."""
+    if r is None or r.get("status") != "ok" or not finite(r.get("time_ms_median")):
+        return None
+    med = float(r["time_ms_median"])
+    if finite(r.get("time_ci_rel")):
+        c = float(r["time_ci_rel"])
+        return med * (1 - c), med * (1 + c)
+    s = _samples(r)
+    if len(s) >= 2:
+        lo, hi = median_ci(s)
+        return min(lo, med), max(hi, med)
+    if finite(r.get("time_ms_iqr")):
+        return med - float(r["time_ms_iqr"]) / 2, med + float(r["time_ms_iqr"]) / 2
+    return None
+
+
+def ci_rel(r: dict | None) -> float:
+    """Half-width of the row's median interval over the median (the larger side; nan: unknown)."""
+    iv = median_interval(r)
+    if iv is None or not float(r["time_ms_median"]) > 0:
+        return float("nan")
+    med = float(r["time_ms_median"])
+    return max(iv[1] / med - 1.0, 1.0 - iv[0] / med)
+
+
+def quartiles(r: dict | None) -> tuple[float, float] | None:
+    """(q1, q3) of an ok row's timed calls: from its samples (4 or more), else median ± IQR/2."""
+    if r is None or r.get("status") != "ok" or not finite(r.get("time_ms_median")):
+        return None
+    s = _samples(r)
+    if len(s) >= 4:
+        q1, q3 = np.percentile(s, [25, 75])
+        return float(q1), float(q3)
+    med, iqr = float(r["time_ms_median"]), r.get("time_ms_iqr")
+    return (med - float(iqr) / 2, med + float(iqr) / 2) if finite(iqr) and float(iqr) < 2 * med else None
+
+
+def faster(v: dict | None, b: dict | None) -> int:
+    """+1: the variant row ``v`` is faster than ``b`` outside the noise (its median's interval lies
+    wholly below b's); -1: slower outside the noise; 0: the intervals overlap, one is unknown, or
+    either row is noisy (a disturbed time is never a clean difference)."""
+    if is_noisy(v) or is_noisy(b):
+        return 0
+    iv, ib = median_interval(v), median_interval(b)
+    if iv is None or ib is None:
+        return 0
+    if iv[1] < ib[0]:
+        return 1
+    return -1 if iv[0] > ib[1] else 0
+
+
+def noise_fields(r: dict) -> dict:
+    """The CSV columns every timed table carries: its mark in words and the row's noise fields."""
+    return {"noise": NOISE_WORD[noise_mark(r)], "time_ci_rel": r.get("time_ci_rel"), "noisy": r.get("noisy"),
+            "wait_share": r.get("wait_share"), "disturbed_samples": r.get("disturbed_samples")}
+
+
+NOISE_COLUMNS = ("noise", "time_ci_rel", "noisy", "wait_share", "disturbed_samples")
+
+
+# --------------------------------------------------------------------------------------------
 # (1)-(4): grids of variants x n
 # --------------------------------------------------------------------------------------------
 def time_table(g, group, baseline, slug, desc) -> Table:
@@ -319,13 +434,13 @@ def time_table(g, group, baseline, slug, desc) -> Table:
         med, iqr = r.get("time_ms_median"), r.get("time_ms_iqr")
         if not finite(med):
             return NOT_RECORDED, {}
-        return fmt_with_spread(med, iqr if finite(iqr) else None), {
+        return marked(fmt_with_spread(med, iqr if finite(iqr) else None), noise_mark(r)), {
             "time_ms_median": med, "time_ms_iqr": iqr if finite(iqr) else None,
-            "time_ms_min": r.get("time_ms_min"), "repeats": r.get("repeats"), "run": r.get("run")}
+            "time_ms_min": r.get("time_ms_min"), "repeats": r.get("repeats"), "run": r.get("run"), **noise_fields(r)}
 
     return _grid_table(g, group, baseline, name=f"time_{slug}", value=value,
                        title=f"Median time per call (ms), interquartile range of the timed repeats in brackets — {desc}",
-                       csv_cols=["time_ms_median", "time_ms_iqr", "time_ms_min", "repeats", "run"],
+                       csv_cols=["time_ms_median", "time_ms_iqr", "time_ms_min", "repeats", "run", *NOISE_COLUMNS],
                        notes=_reasons_notes(g))
 
 
@@ -334,11 +449,17 @@ def speedup_table(g, group, baseline, slug, desc) -> Table:
         if b is None or b.get("status") != "ok" or not finite(b.get("time_ms_median")):
             return NO_BASE, {}
         s = float(b["time_ms_median"]) / float(r["time_ms_median"])
-        return fmt_ratio(s), {"speedup": s, "baseline_time_ms": b["time_ms_median"]}
+        side = faster(r, b) if r is not b else 1  # the baseline's own row: 1.00×, no claim to qualify
+        return marked(fmt_ratio(s), "" if side else WITHIN_NOISE, noise_mark(r, b)), {
+            "speedup": s, "baseline_time_ms": b["time_ms_median"], "outside_noise": bool(side),
+            "noise": NOISE_WORD[noise_mark(r, b)]}
 
     return _grid_table(g, group, baseline, name=f"speedup_{slug}", value=value,
                        title=f"Speed-up vs {baseline} (baseline median time / variant median time; >1 is faster) — {desc}",
-                       csv_cols=["speedup", "baseline_time_ms"])
+                       csv_cols=["speedup", "baseline_time_ms", "outside_noise", "noise"],
+                       notes=[f"A speed-up without `{WITHIN_NOISE}` is outside the noise: the {LEVEL:.0%} confidence "
+                              f"intervals of the two medians do not overlap. `{NOISY}` / `{UNSTABLE}`: either row's "
+                              f"time is noisy / unstable."])
 
 
 def memory_table(g, group, baseline, slug, desc) -> Table:
@@ -364,11 +485,12 @@ def gflops_table(g, group, baseline, slug, desc) -> Table:
         if not finite(gf):
             return NOT_RECORDED, {}
         c = fmt_num(gf) + (f" ({100 * float(frac):.0f}%)" if finite(frac) else "")
-        return c, {"gflops_per_s": gf, "peak_fraction": frac if finite(frac) else None}
+        return marked(c, noise_mark(r)), {"gflops_per_s": gf, "peak_fraction": frac if finite(frac) else None,
+                                          "noise": NOISE_WORD[noise_mark(r)]}
 
     return _grid_table(g, group, baseline, name=f"gflops_{slug}", value=value,
                        title=f"Achieved GFLOP/s (fraction of the measured GEMM peak in parentheses) — {desc}",
-                       csv_cols=["gflops_per_s", "peak_fraction"],
+                       csv_cols=["gflops_per_s", "peak_fraction", "noise"],
                        notes=[f"FLOPs count the work the variant is meant to do (its own flops(shape)); "
                               f"GEMM peak measured by the run: {peak_txt}."])
 
@@ -404,10 +526,22 @@ def fit_points(v: pd.DataFrame, col: str, min_n: int) -> tuple[pd.DataFrame, str
     return ok, "all ok n"
 
 
-def _fmt_slope(s: float, se: float) -> str:
-    if not math.isfinite(s):
+def fmt_slope(f: SlopeFit) -> str:
+    """``1.02 ± 0.05`` (± the half-width of the LEVEL interval); an exponent without an interval
+    says why."""
+    if not math.isfinite(f.slope):
         return "too few points"
-    return f"{s:.2f}" + (f" ± {se:.2f}" if math.isfinite(se) else "")
+    if not math.isfinite(f.half_width):
+        return f"{f.slope:.2f} (no interval: {f.points} points)"
+    return f"{f.slope:.2f} ± {f.half_width:.2f}"
+
+
+def _fit(pts: pd.DataFrame, col: str) -> SlopeFit:
+    """The exponent of ``col`` over ``pts``; times carry their medians' own intervals."""
+    if not len(pts):
+        return fit_loglog_ci([], [])
+    rel = [ci_rel(r) for r in pts.to_dict("records")] if col == "time_ms_median" else None
+    return fit_loglog_ci(pts["seq_len"], pts[col].astype(float), rel)
 
 
 def scaling_rows(g: pd.DataFrame, baseline: str, min_n: int, declared: dict[str, dict]) -> list[dict]:
@@ -417,8 +551,10 @@ def scaling_rows(g: pd.DataFrame, baseline: str, min_n: int, declared: dict[str,
         rec: dict[str, Any] = {"variant": lab, "family": v["family"].iloc[0]}
         for col, key in (("time_ms_median", "time"), ("peak_mem_bytes", "mem")):
             pts, rule = fit_points(v, col, min_n)
-            s, se, k = fit_loglog(pts["seq_len"], pts[col].astype(float)) if len(pts) else (float("nan"), float("nan"), 0)
-            rec.update({f"{key}_exponent": s, f"{key}_exponent_se": se, f"{key}_points": k,
+            f = _fit(pts, col)
+            k = f.points
+            rec.update({f"{key}_exponent": f.slope, f"{key}_exponent_se": f.se, f"{key}_exponent_lo": f.lo,
+                        f"{key}_exponent_hi": f.hi, f"{key}_points": k, f"{key}_text": fmt_slope(f),
                         f"{key}_n_min": int(pts["seq_len"].min()) if k else None,
                         f"{key}_n_max": int(pts["seq_len"].max()) if k else None, f"{key}_fit": rule})
         d = declared.get(str(v["variant"].iloc[0]), {})
@@ -426,6 +562,16 @@ def scaling_rows(g: pd.DataFrame, baseline: str, min_n: int, declared: dict[str,
         rec["declared_memory"] = d.get("memory", "")
         out.append(rec)
     return out
+
+
+SCALING_NOTE = (
+    "Exponent k of time ∝ n^k (median times) and of peak memory above the inputs ∝ n^k, by least squares on "
+    "log–log over the ok points with n ≥ {min_n} (all ok points when fewer than two such n exist). ± is the "
+    "half-width of the slope's {level:.0%} confidence interval: the wider of the interval from the fit's "
+    "residuals (Student t, points − 2 degrees of freedom) and, for time, the one the medians' own "
+    "{level:.0%} intervals give when propagated through the fit (attnbench.scaling.fit_loglog_ci). Two "
+    "points without such intervals give no interval. Memory points of 0 bytes are left out of the fit. "
+    "Declared: the registry's complexity.")
 
 
 def scaling_table(g, group, baseline, slug, desc, *, min_n: int, declared: dict[str, dict]) -> Table:
@@ -436,51 +582,58 @@ def scaling_table(g, group, baseline, slug, desc, *, min_n: int, declared: dict[
             return (f"{r[f'{key}_n_min']}–{r[f'{key}_n_max']} ({r[f'{key}_points']})" if r[f"{key}_points"]
                     else "no ok points")
 
-        rows.append([r["variant"], str(r["family"]), _fmt_slope(r["time_exponent"], r["time_exponent_se"]),
-                     rng("time"), _fmt_slope(r["mem_exponent"], r["mem_exponent_se"]), rng("mem"),
+        rows.append([r["variant"], str(r["family"]), r["time_text"], rng("time"), r["mem_text"], rng("mem"),
                      r["declared_time"] or NOT_MEASURED, r["declared_memory"] or NOT_MEASURED])
     header = ["variant", "family", "time exponent", "fit n (points)", "memory exponent", "fit n (points)",
               "declared time", "declared memory"]
-    cols = ["variant", "family", "time_exponent", "time_exponent_se", "time_points", "time_n_min", "time_n_max",
-            "time_fit", "mem_exponent", "mem_exponent_se", "mem_points", "mem_n_min", "mem_n_max", "mem_fit",
-            "declared_time", "declared_memory"]
-    notes = [f"Exponent k of time ∝ n^k (median times) and of peak memory above the inputs ∝ n^k, by least "
-             f"squares on log–log over the ok points with n ≥ {min_n} (all ok points when fewer than two such n "
-             f"exist). ± is the standard error of the fitted slope (from the fit residuals; none with two "
-             f"points). Memory points of 0 bytes are left out of the fit. Declared: the registry's complexity."]
+    cols = ["variant", "family", *(f"{key}_{c}" for key in ("time", "mem") for c in (
+        "exponent", "exponent_se", "exponent_lo", "exponent_hi", "points", "n_min", "n_max", "fit")),
+        "declared_time", "declared_memory"]
     return Table(name=f"scaling_{slug}", title=f"Fitted log–log scaling exponents — {desc}", header=header,
-                 rows=rows, csv=csv_frame(recs, group, cols), align="llrlrlll", notes=notes)
+                 rows=rows, csv=csv_frame(recs, group, cols), align="llrlrlll",
+                 notes=[SCALING_NOTE.format(min_n=min_n, level=LEVEL)])
 
 
 # --------------------------------------------------------------------------------------------
 # (6) crossover vs the baseline
 # --------------------------------------------------------------------------------------------
-def crossover(points: list[tuple[int, str, float | None]]) -> dict[str, Any]:
-    """Where a variant becomes faster than the baseline and stays faster.
+NO_CROSSOVER = "no crossover outside the noise"
 
-    ``points``: ascending (n, outcome, ratio) with outcome "win" or "loss" and ratio = baseline
-    time / variant time where both ran (None where one side failed). Returns verdict
-    ("crossover" | "always" | "never in range" | "no common n"), the interpolated n (log–log
-    between the last slower and first faster measured n) and the first measured faster n.
+
+def crossover(points: list[tuple[int, str, float | None]]) -> dict[str, Any]:
+    """Where a variant becomes faster than the baseline outside the noise and stays so.
+
+    ``points``: ascending (n, outcome, ratio); outcome "win" (faster outside the noise, or the
+    baseline failed), "loss" (slower outside the noise, or the variant failed) or "tie" (the two
+    medians' intervals overlap); ratio = baseline time / variant time where both ran, else None.
+    A crossover needs a loss before a run of wins that lasts to the largest n: "crossover" with
+    the n interpolated on log–log when that loss is the n just before the first win, else only
+    the bracket (last_slower_n, first_faster_n) with ties between. Otherwise "always" (wins at
+    every n), "never in range" (a loss at the largest n), NO_CROSSOVER (a tie at the largest n),
+    "faster from" (ties, then wins: never slower outside the noise) or "no common n".
     """
+    none = {"crossover_n": None, "first_faster_n": None, "last_slower_n": None}
     if not points:
-        return {"verdict": "no common n", "crossover_n": None, "first_faster_n": None}
-    wins = [o == "win" for _, o, _ in points]
-    if all(wins):
-        return {"verdict": "always", "crossover_n": None, "first_faster_n": points[0][0]}
-    if not wins[-1]:
-        return {"verdict": "never in range", "crossover_n": None, "first_faster_n": None}
-    i = len(points) - 1
-    while i > 0 and wins[i - 1]:
+        return {"verdict": "no common n", **none}
+    out = [o for _, o, _ in points]
+    i = len(points)
+    while i > 0 and out[i - 1] == "win":
         i -= 1
-    (n0, _, r0), (n1, _, r1) = points[i - 1], points[i]
+    if i == 0:
+        return {"verdict": "always", **none, "first_faster_n": points[0][0]}
+    if i == len(points):
+        return {"verdict": "never in range" if out[-1] == "loss" else NO_CROSSOVER, **none}
+    losses = [j for j in range(i) if out[j] == "loss"]
+    if not losses:
+        return {"verdict": "faster from", **none, "first_faster_n": points[i][0]}
+    (n0, _, r0), (n1, _, r1) = points[losses[-1]], points[i]
+    found = {"verdict": "crossover", "first_faster_n": n1, "last_slower_n": n0}
+    if losses[-1] != i - 1:
+        return {**found, "crossover_n": None, "how": "bracketed (equal within the noise in between)"}
     if r0 is not None and r1 is not None and r0 > 0 and r1 > 0 and r1 != r0:
         x0, x1, y0, y1 = math.log(n0), math.log(n1), math.log(r0), math.log(r1)
-        nx = math.exp(x0 + (0.0 - y0) * (x1 - x0) / (y1 - y0))
-        how = "interpolated"
-    else:
-        nx, how = float(n1), "measured (no ratio on one side)"
-    return {"verdict": "crossover", "crossover_n": nx, "first_faster_n": n1, "how": how}
+        return {**found, "crossover_n": math.exp(x0 + (0.0 - y0) * (x1 - x0) / (y1 - y0)), "how": "interpolated"}
+    return {**found, "crossover_n": float(n1), "how": "measured (no ratio on one side)"}
 
 
 def crossover_points(v: pd.DataFrame, b: pd.DataFrame) -> list[tuple[int, str, float | None]]:
@@ -493,12 +646,55 @@ def crossover_points(v: pd.DataFrame, b: pd.DataFrame) -> list[tuple[int, str, f
         bok = rb["status"] == "ok" and finite(rb.get("time_ms_median"))
         if vok and bok:
             r = float(rb["time_ms_median"]) / float(rv["time_ms_median"])
-            pts.append((n, "win" if r > 1 else "loss", r))
+            pts.append((n, {1: "win", -1: "loss", 0: "tie"}[faster(rv, rb)], r))
         elif vok and rb["status"] in BASE_FAILED:
             pts.append((n, "win", None))
         elif bok and rv["status"] in VARIANT_FAILED:
             pts.append((n, "loss", None))
     return pts
+
+
+def _crossover_cells(c: dict, pts: list) -> tuple[str, str]:
+    """(crossover n cell, detail) of one variant's verdict."""
+    v = c["verdict"]
+    if v == "crossover" and c["crossover_n"] is None:
+        return (f"{c['last_slower_n']}–{c['first_faster_n']}",
+                f"slower outside the noise at n = {c['last_slower_n']}, faster from n = {c['first_faster_n']} on; "
+                f"within the noise between")
+    if v == "crossover":
+        cell = f"≈ {c['crossover_n']:.0f}" if c.get("how") == "interpolated" else f"{c['crossover_n']:.0f}"
+        return cell, f"faster outside the noise from measured n = {c['first_faster_n']} on"
+    if v == "always":
+        return "always", f"faster outside the noise at every common n ({pts[0][0]}–{pts[-1][0]})"
+    if v == "never in range":
+        return "never in range", f"slower at the largest common n = {pts[-1][0]}"
+    if v == "faster from":
+        return (f"faster from {c['first_faster_n']}",
+                f"equal within the noise below n = {c['first_faster_n']}, faster outside it from there on")
+    if v == NO_CROSSOVER:
+        return NO_CROSSOVER, f"within the noise at the largest common n = {pts[-1][0]}"
+    return "no common n", "no n where both ran (or failed comparably)"
+
+
+def _last_speedup(last) -> str:
+    if last is None:
+        return NOT_MEASURED
+    n, outcome, ratio = last
+    if ratio is None:
+        return f"{'baseline failed' if outcome == 'win' else 'variant failed'} at n={n}"
+    return f"{marked(fmt_ratio(ratio), WITHIN_NOISE if outcome == 'tie' else '')} at n={n}"
+
+
+CROSSOVER_NOTE = (
+    "Crossover: the smallest n from which the variant is faster than {baseline} outside the noise at every "
+    "larger measured n, where it was slower outside the noise before: interpolated on log–log between the "
+    "last slower and the first faster measured n (≈) when those are neighbours, else the bracket "
+    "“slower at – faster from”. Outside the noise: the {level:.0%} confidence intervals of the two medians "
+    "do not overlap (time_ci_rel, else the samples); a noisy row is never outside it. A baseline that failed "
+    "(OOM, timeout, skip) where the variant ran counts as the variant being faster; a variant that failed "
+    "where the baseline ran counts as slower. “always”: faster outside the noise at every common n; “never "
+    "in range”: slower at the largest common n; “{none}”: the two are equal within the noise at the largest "
+    "common n; “faster from n”: equal within the noise below n, faster outside it from n on (never slower).")
 
 
 def crossover_table(g, group, baseline, slug, desc) -> Table:
@@ -511,37 +707,20 @@ def crossover_table(g, group, baseline, slug, desc) -> Table:
         pts = crossover_points(v, b)
         c = crossover(pts)
         last = pts[-1] if pts else None
-        ratio_last = last[2] if last else None
-        if c["verdict"] == "crossover":
-            cell = f"≈ {c['crossover_n']:.0f}" if c.get("how") == "interpolated" else f"{c['crossover_n']:.0f}"
-            detail = f"faster from measured n = {c['first_faster_n']} on"
-        elif c["verdict"] == "always":
-            cell = "always"
-            detail = f"faster at every common n ({pts[0][0]}–{pts[-1][0]})"
-        elif c["verdict"] == "never in range":
-            cell = "never in range"
-            detail = f"not faster at the largest common n = {pts[-1][0]}"
-        else:
-            cell = "no common n"
-            detail = "no n where both ran (or failed comparably)"
-        last_txt = (fmt_ratio(ratio_last) if ratio_last is not None else
-                    ("baseline failed" if last and last[1] == "win" else "variant failed")) if last else NOT_MEASURED
-        rows.append([lab, str(v["family"].iloc[0]), cell, detail,
-                     f"{last_txt} at n={last[0]}" if last else NOT_MEASURED])
+        cell, detail = _crossover_cells(c, pts)
+        rows.append([lab, str(v["family"].iloc[0]), cell, detail, _last_speedup(last)])
         recs.append({"variant": lab, "family": v["family"].iloc[0], "verdict": c["verdict"],
-                     "crossover_n": c["crossover_n"], "first_faster_n": c["first_faster_n"],
-                     "method": c.get("how", ""), "n_common_min": pts[0][0] if pts else None,
-                     "n_common_max": pts[-1][0] if pts else None, "speedup_at_n_max": ratio_last})
-    notes = [f"Crossover: the smallest n from which the variant is faster than {baseline} at every larger "
-             f"measured n, interpolated on log–log between the last slower and the first faster measured n "
-             f"(≈). A baseline that failed (OOM, timeout, skip) where the variant ran counts as the variant "
-             f"being faster; a variant that failed where the baseline ran counts as slower. “always”: faster at "
-             f"every common n; “never in range”: not faster at the largest common n."]
-    cols = ["variant", "family", "verdict", "crossover_n", "first_faster_n", "method", "n_common_min",
-            "n_common_max", "speedup_at_n_max"]
+                     "crossover_n": c["crossover_n"], "last_slower_n": c["last_slower_n"],
+                     "first_faster_n": c["first_faster_n"], "method": c.get("how", ""),
+                     "n_common_min": pts[0][0] if pts else None, "n_common_max": pts[-1][0] if pts else None,
+                     "speedup_at_n_max": last[2] if last else None,
+                     "outside_noise_at_n_max": (last[1] != "tie") if last else None})
+    cols = ["variant", "family", "verdict", "crossover_n", "last_slower_n", "first_faster_n", "method",
+            "n_common_min", "n_common_max", "speedup_at_n_max", "outside_noise_at_n_max"]
     return Table(name=f"crossover_{slug}", title=f"Crossover n vs {baseline} (time) — {desc}",
                  header=["variant", "family", "crossover n", "detail", "speed-up at largest common n"],
-                 rows=rows, csv=csv_frame(recs, group, cols), align="llrll", notes=notes)
+                 rows=rows, csv=csv_frame(recs, group, cols), align="llrll",
+                 notes=[CROSSOVER_NOTE.format(baseline=baseline, level=LEVEL, none=NO_CROSSOVER)])
 
 
 # --------------------------------------------------------------------------------------------
