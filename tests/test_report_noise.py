@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from attnbench.report import build as B
+from attnbench.report import noise as N
 from attnbench.report import tables as T
 from attnbench.scaling import LEVEL, fit_loglog, fit_loglog_ci
 
@@ -130,11 +131,11 @@ def test_a_crossover_outside_the_noise_is_claimed(tmp_path):
 
 def test_faster_uses_the_ci_then_the_samples_and_never_a_noisy_row():
     a, b = row("a@x", 1024, t=1.0, spread=0.01), row("b@x", 1024, t=1.1, spread=0.01)
-    assert T.faster(a, b) == 1 and T.faster(b, a) == -1
-    assert T.faster({**a, "time_ci_rel": 0.2}, b) == 0  # the stored interval wins over the samples
-    assert T.faster({**a, "noisy": True}, b) == 0
+    assert N.faster(a, b) == 1 and N.faster(b, a) == -1
+    assert N.faster({**a, "time_ci_rel": 0.2}, b) == 0  # the stored interval wins over the samples
+    assert N.faster({**a, "noisy": True}, b) == 0
     old = {**a, "samples_ms": None}  # no samples, no ci: median ± IQR/2
-    assert T.median_interval(old) == pytest.approx((1.0 - a["time_ms_iqr"] / 2, 1.0 + a["time_ms_iqr"] / 2))
+    assert N.median_interval(old) == pytest.approx((1.0 - a["time_ms_iqr"] / 2, 1.0 + a["time_ms_iqr"] / 2))
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,9 +167,9 @@ def test_noisy_and_unstable_cells_carry_a_mark_and_a_legend(tmp_path):
 
 def test_unstable_threshold_is_one_constant():
     r = row("a@x", 1024, t=1.0)
-    assert not T.is_unstable({**r, "time_ms_iqr": T.UNSTABLE_IQR_REL * 0.99})
-    assert T.is_unstable({**r, "time_ms_iqr": T.UNSTABLE_IQR_REL * 1.01})
-    assert T.noise_mark({**r, "noisy": None}) == "" and T.noise_mark({**r, "noisy": True}) == T.NOISY
+    assert not N.is_unstable({**r, "time_ms_iqr": N.UNSTABLE_IQR_REL * 0.99})
+    assert N.is_unstable({**r, "time_ms_iqr": N.UNSTABLE_IQR_REL * 1.01})
+    assert N.noise_mark({**r, "noisy": None}) == "" and N.noise_mark({**r, "noisy": True}) == T.NOISY
 
 
 # --------------------------------------------------------------------------------------------

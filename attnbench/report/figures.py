@@ -8,7 +8,7 @@ of a panel each get their own colour (a dark-to-light ramp by value when the pan
 variant's settings), the kernel's marker and the pattern's dash, a spare marker where those
 would repeat (:func:`panel_styles`). Time and throughput lines carry a band over the
 interquartile range of the timed calls; white-filled markers are points not to read as clean
-(a noisy time, a speed-up within the noise: ``tables.is_noisy`` / ``tables.faster``).
+(a noisy time, a speed-up within the noise: ``noise.is_noisy`` / ``noise.faster``).
 Cases that did not run are drawn, never dropped: a hollow marker per failure kind in a strip at
 the top edge of the axes at the n that failed, with a legend entry; variants that never ran
 (unsupported everywhere) are named in a note under the figure. Legends sit outside the axes on
@@ -31,10 +31,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from attnbench.report.noise import faster, finite, is_noisy, quartiles
 from attnbench.report.sweeps import settings_of
+from attnbench.report.tables import FAMILY_ORDER, MIB, family_rank, param_sort_key, row_order
 from attnbench.scaling import LEVEL
-from attnbench.report.tables import (FAMILY_ORDER, MIB, family_rank, faster, finite, is_noisy, param_sort_key,
-                                     quartiles, row_order)
 
 DPI = 150
 LINE_CAP = 8  # at most this many lines of variants per panel, the baseline's included

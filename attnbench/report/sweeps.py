@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 
 from attnbench.params import format_params, format_value
-from attnbench.report.tables import (MIB, NO_BASE, NOISE_WORD, NOT_RECORDED, WITHIN_NOISE, Table, csv_frame, faster,
-                                     finite, fmt_num, fmt_ratio, fmt_sci, fmt_with_spread, has_column, mark, marked,
-                                     noise_mark, value_sort_key)
+from attnbench.report.noise import NOISE_WORD, WITHIN_NOISE, faster, finite, marked, noise_mark
+from attnbench.report.tables import (MIB, NO_BASE, NOT_RECORDED, Table, csv_frame, fmt_num, fmt_ratio, fmt_sci,
+                                     fmt_with_spread, has_column, mark, value_sort_key)
 from attnbench.schema import params_key
 
 ERR_COLUMNS = ("rel_err", "rel_err_sharp")  # error vs exact attention: gaussian and sharp inputs
@@ -144,7 +144,7 @@ def _median_of(v: pd.DataFrame, col: str) -> float | None:
 def sweep_records(g: pd.DataFrame, s: Sweep, baseline: str) -> list[dict]:
     """One record per setting at the sweep's n: status, time, IQR, memory (MiB), speed-up vs the
     baseline at that n (outside the noise or not), the noise marks of the setting's time and of
-    the speed-up (tables.noise_mark), and rel_err / rel_err_sharp (median over the setting's rows)."""
+    the speed-up (noise.noise_mark), and rel_err / rel_err_sharp (median over the setting's rows)."""
     rows = _sweep_rows(g, s)
     base = g[(g["label"] == baseline) & (g["seq_len"] == s.n)]
     b = base.iloc[0].to_dict() if len(base) else None
