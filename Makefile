@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 install: $(STAMP)
 
 # The main job on a small default (attnbench/conf/bench.yaml): every variant, n = 512..2048.
+# The table goes to stdout, progress to stderr: `make run > summary.txt` keeps the table.
 run: $(STAMP)
-	$(BIN)/python -m attnbench run $(ARGS)
+	@$(BIN)/python -m attnbench run $(ARGS)
 
 # Fast tests first, then the slow ones (FlexAttention compiles, worker sweeps).
 test: test-fast test-slow

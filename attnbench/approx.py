@@ -14,7 +14,6 @@ The exact target is softmax attention (``attnbench.reference``) unless the spec 
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import replace
 
 import torch

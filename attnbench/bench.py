@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shlex
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,12 +20,13 @@ from typing import Any
 from attnbench import params as P
 from attnbench import results, schema
 from attnbench.case import Case, Shape, jsonable
-from attnbench.config import BenchConfig
+from attnbench.config import BenchConfig, ConfigError
 from attnbench.costs import io_bytes
 from attnbench.harness import env
 from attnbench.harness.flops import achieved
 from attnbench.harness.isolate import Worker, WorkerDied
-from attnbench.scaling import fit_loglog
+from attnbench.report.console import make_console, plain, print_summary
+from attnbench.scaling import fit_loglog_ci
 from attnbench.vocab import STOPS_LARGER
 
 
@@ -67,17 +71,61 @@ def default_out_dir() -> Path:
     return Path("results") / "runs" / stamp
 
 
-class Runner:
-    def __init__(self, cfg: BenchConfig, console=None):
-        from attnbench.report.console import make_console
+class Interrupted(Exception):
+    """Ctrl-C during a run: the worker was killed and the rows kept; the message says how to resume."""
 
+
+def resume_command(out: Path) -> str:
+    """The command that continues the run in ``out`` (its run.json holds the whole config)."""
+    return f"python -m attnbench run --out {shlex.quote(str(out))} --resume"
+
+
+LIST_KEYS = ("variants", "seq_lens", "modes")  # a resumed run may plan fewer of these: no new case
+
+
+def stored_grids(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every grid a stored run's rows were planned with (``BenchConfig.grid``; more than one after
+    ``--extend``); for a run.json written before grids were recorded, rebuilt from its config."""
+    if info.get("grids"):
+        return [g["grid"] for g in info["grids"]]
+    c = info.get("config") or {}
+    r = c.get("resolved") or {}
+    g = {"variants": sorted(P.label(n, s) for n, ss in (r.get("settings") or {}).items() for s in ss),
+         **{k: r.get(k) for k in ("seq_lens", "modes", "device", "threads", "kv_heads")},
+         **{k: c.get(k) for k in ("batch", "heads", "head_dim", "dtype", "causal", "seed", "check", "memory")}}
+    g.update({f"timing.{k}": v for k, v in (r.get("timing") or {}).items()})
+    return [g]
+
+
+def grid_change(before: dict[str, Any], now: dict[str, Any]) -> str:
+    """What ``now`` plans beyond ``before``, as 'seq_lens [64] -> [64, 128], ...'; '' when nothing
+    (the same grid, or fewer variants, n or modes of it: every row stays described)."""
+    def beyond(k: str) -> bool:
+        b, n = before.get(k), now.get(k)
+        if k in LIST_KEYS and isinstance(b, list) and isinstance(n, list):
+            return not {json.dumps(x) for x in n} <= {json.dumps(x) for x in b}
+        return b != n
+
+    def show(v):
+        return ", ".join(map(str, v)) if isinstance(v, list) and v and isinstance(v[0], str) else json.dumps(v)
+
+    return ", ".join(f"{k} {show(before.get(k))} -> {show(now.get(k))}" for k in {**before, **now} if beyond(k))
+
+
+class Runner:
+    def __init__(self, cfg: BenchConfig, console=None, command: str | None = None):
         self.cfg = cfg
-        self.console = console or make_console(stderr=True)
+        self.console = console or make_console(stderr=True)  # progress and logs
+        self.stdout = make_console()  # the results: the table and where the rows are
+        self.command = command or shlex.join(["python", "-m", "attnbench", *sys.argv[1:]])
         self.out = cfg.out or default_out_dir()
+        self.lock = results.RunLock(self.out)
         self.worker: Worker | None = None
         self.worker_variant: str | None = None
         self.peak_gflops: float | None = None
         self.mem_budget = 0.0
+        self.kept = 0  # complete rows in results.jsonl (earlier + this run's)
+        self.extending = False  # a resumed run with a grid of its own (--extend), recorded in run.json
 
     # -- workers ---------------------------------------------------------------------------
     def _worker_for(self, variant: str) -> Worker:
@@ -147,25 +195,43 @@ class Runner:
         return schema.make_row(**row)
 
     # -- the sweep -------------------------------------------------------------------------
-    def _run_info(self, resumed: bool) -> dict[str, Any]:
-        """run.json: the environment and the resolved config (kept, with resume times, on resume)."""
-        cfg, run_json = self.cfg, self.out / "run.json"
-        if resumed and run_json.exists():
-            info = json.loads(run_json.read_text())
-            info.setdefault("resumed_at", []).append(dt.datetime.now(dt.timezone.utc).isoformat())
-            return info
-        info = {**env.host_environment(), "started_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+    def _warn_load(self, info: dict[str, Any]) -> None:
         load, cores = info["load_average_1m"], info["cpu_count"] or 1
-        if cfg.device == "cpu" and load > 0.5 * min(cfg.threads, cores):
-            self.console.print(
-                f"[yellow]warning: load average {load:.1f} on {cores} cores: other processes share the "
-                f"CPU, so multi-threaded timings (OpenMP waits) can be off by orders of magnitude[/yellow]")
-        self.console.print(f"probing {cfg.device} (GEMM peak, device facts) ...")
-        info.update(self.probe())
-        info["config"] = {**cfg.raw, "resolved": {
+        if self.cfg.device == "cpu" and load > 0.5 * min(self.cfg.threads, cores):
+            fewer = ", or use fewer threads per worker (--threads 1)" if self.cfg.threads > 1 else ""
+            self.console.print(plain(
+                f"warning: load average {load:.1f} on {cores} cores: other processes share the CPU, so multi-threaded "
+                f"timings (OpenMP waits) can be off by orders of magnitude: run on a quiet machine{fewer}"), style="yellow")
+
+    def _config_record(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {**cfg.raw, "resolved": {
             "variants": cfg.variants, "settings": {c.spec.name: c.overrides() for c in cfg.choices},
             "seq_lens": cfg.seq_lens, "device": cfg.device, "threads": cfg.threads, "kv_heads": cfg.kv_heads,
             "modes": cfg.modes, "timing": cfg.timing, "out": str(self.out)}}
+
+    def _run_info(self, stored: dict[str, Any] | None) -> dict[str, Any]:
+        """run.json: the environment and the resolved config. A resumed run keeps it and adds the
+        resume time; an extended one (``--extend``) adds its grid to ``grids`` and its config."""
+        now = dt.datetime.now(dt.timezone.utc).isoformat()
+        grid = {"grid": self.cfg.grid(), "from": now}
+        if stored is not None:
+            stored.setdefault("resumed_at", []).append(now)
+            if self.extending:
+                stored["grids"] = [*(stored.get("grids") or [{"grid": stored_grids(stored)[0]}]), grid]
+                stored["config"] = self._config_record()
+            return stored
+        info = {**env.host_environment(), "started_at": now}
+        self._warn_load(info)
+        self.console.print(f"probing {self.cfg.device} (GEMM peak, device facts) ...")
+        info.update(self.probe())
+        if info.get("gemm_noisy"):
+            self.console.print(plain(
+                f"warning: the GEMM probe waited for a CPU in {info.get('gemm_wait_share') or 0:.0%} of its time: "
+                f"other processes share the CPU; cases that cannot get clean calls will be flagged noisy"),
+                style="yellow")
+        info["config"] = self._config_record()
+        info["grids"] = [grid]  # every grid the rows were planned with (one unless --extend)
         return info
 
     def _sweep(self, grid: list[tuple[Case, int]], done: set, stopped: dict, writer) -> int:
@@ -181,43 +247,108 @@ class Runner:
                     row = self.run_case(case, n, stopped)
                     writer.append(row)
                     new_rows += 1
+                    self.kept += 1
                     if row["status"] in STOPS_LARGER:
                         stopped.setdefault((case.variant, case.params, case.shape.mode), (n, row["status"]))
                 prog.advance(task)
         return new_rows
 
-    def run(self) -> Path:
-        cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        jsonl = self.out / "results.jsonl"
-        t0 = time.time()
-        results.repair(jsonl)  # never append after a torn line
-        earlier = results.upgraded(results.read_rows(jsonl)) if cfg.resume else []
-        info = self._run_info(cfg.resume)
+    def _open(self) -> None:
+        """The run directory, created and locked (one writer at a time)."""
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise results.StoreError(f"--out {self.out}: cannot create the directory ({e.strerror}); "
+                                     "give a writable path") from None
+        self.lock.acquire(self.command)
+
+    def _start(self) -> list[dict]:
+        """Checks that need the lock, then run.json; the earlier rows of a resumed run."""
+        cfg, jsonl = self.cfg, self.out / "results.jsonl"
+        if not cfg.resume and jsonl.exists():
+            raise ConfigError(f"--out {self.out}: already holds a run (results.jsonl); "
+                              "add --resume to continue it, or choose a new --out")
+        stored = results.read_run_json(self.out) if cfg.resume else None
+        if stored is not None:
+            grids, now = stored_grids(stored), cfg.grid()
+            change = "" if any(not grid_change(g, now) for g in grids) else grid_change(grids[-1], now)
+            self.extending = bool(change)
+            if change and not cfg.extend:
+                raise ConfigError(
+                    f"--resume: this command plans a different grid than the run in {self.out} ({change}); "
+                    f"resume it as it was ({resume_command(self.out)}), or add --extend to run this grid "
+                    "into it too (run.json then records every grid)")
+        try:
+            results.repair(jsonl)  # never append after a torn line
+            earlier = results.upgraded(results.read_rows(jsonl)) if cfg.resume else []
+        except results.CorruptResults as e:
+            raise results.StoreError(f"{e}: delete or fix that line, then resume again") from None
+        self.kept = len(earlier)
+        info = self._run_info(stored)
         results.write_run_json(self.out, info)
         self.peak_gflops = info.get("gemm_peak_gflops")
         self.mem_budget = cfg.mem_budget_bytes or 0.8 * (info.get("device_total_bytes") or env.mem_available_bytes())
-        grid = plan(cfg)
-        stopped = _stopped_from(earlier, grid)
-        writer = results.ResultsWriter(jsonl)
+        return earlier
+
+    def _measure(self, earlier: list[dict]) -> int:
+        grid = plan(self.cfg)
+        writer = results.ResultsWriter(self.out / "results.jsonl")
         try:
-            new_rows = self._sweep(grid, {schema.case_key(r) for r in earlier}, stopped, writer)
+            return self._sweep(grid, {schema.case_key(r) for r in earlier}, _stopped_from(earlier, grid), writer)
         finally:
             writer.close()
             self._drop_worker()
-        self._finish(jsonl, new_rows, t0)
+
+    def _stopped_line(self, what: str) -> str:
+        """What a stopped run kept and the command that continues it."""
+        if not (self.out / "run.json").exists():
+            return f"{what} before any case ran; nothing was written: run the command again"
+        return (f"{what}; {self.kept} rows kept in {self.out / 'results.jsonl'}; "
+                f"resume with: {resume_command(self.out)}")
+
+    def run(self) -> Path:
+        """Plan, measure, store; Ctrl-C kills the worker and says how to resume."""
+        t0 = time.time()
+        self._open()
+        try:
+            earlier = self._start()
+            try:
+                new_rows = self._measure(earlier)
+                self._finish(new_rows, t0)
+            except (OSError, results.StoreError) as e:  # a full disk, a read-only file
+                what = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
+                raise results.StoreError(self._stopped_line(f"{what}; free disk space or make it writable")) from None
+        except KeyboardInterrupt:
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the cleanup
+            try:
+                self._close()
+            finally:
+                signal.signal(signal.SIGINT, previous)
+            raise Interrupted(self._stopped_line("interrupted")) from None
+        finally:
+            self._close()
         return self.out
 
-    def _finish(self, jsonl: Path, new_rows: int, t0: float) -> None:
-        from attnbench.report.console import print_summary
+    def _close(self) -> None:
+        """Kill the worker, release the directory (both idempotent)."""
+        self._drop_worker()
+        self.lock.release()
 
+    def _finish(self, new_rows: int, t0: float) -> None:
+        jsonl = self.out / "results.jsonl"
         rows = results.upgraded(results.read_rows(jsonl))
         results.write_parquet(self.out)
         scaling = fit_scaling(rows, self.cfg.scaling_min_seq_len)
         scaling.to_csv(self.out / "scaling.csv", index=False)
-        print_summary(rows, scaling, baseline=self.cfg.baseline, console=self.console)
-        self.console.print(f"[bold]{new_rows} new rows ({len(rows)} in all) in {time.time() - t0:.0f} s -> "
-                           f"{jsonl} and {self.out / 'results.parquet'}[/bold]")
+        print_summary(rows, scaling, baseline=self.cfg.baseline, console=self.stdout)
+        noisy = sum(bool(r.get("noisy")) for r in rows)
+        if noisy:
+            self.stdout.print(plain(
+                f"{noisy} of {sum(r.get('status') == 'ok' for r in rows)} timed cases are noisy (their worker waited "
+                f"for a CPU behind other processes; figures flagged, not clean): rerun them on a quiet machine or "
+                f"with fewer threads per worker"), style="yellow")
+        self.stdout.print(plain(f"{new_rows} new rows ({len(rows)} in all) in {time.time() - t0:.0f} s -> "
+                                f"{jsonl} and {self.out / 'results.parquet'}"), style="bold")
 
 
 def _stopped_from(rows: list[dict], grid: list[tuple[Case, int]]) -> dict:
@@ -240,11 +371,12 @@ def fit_scaling(rows: list[dict], min_seq_len: int = 2048):
     """Log-log slope of median time and of peak memory vs n, per variant, parameters and setting.
 
     Fitted over ok rows with n >= ``min_seq_len`` when at least two such n exist, else over all
-    ok rows (``attnbench.scaling.fit_loglog``).
+    ok rows (``attnbench.scaling.fit_loglog_ci``: the slope and its 95% interval, ``_lo``/``_hi``).
     """
     import pandas as pd
 
-    cols = [*SCALING_KEYS, "time_slope", "mem_slope", "n_min", "n_max", "points"]
+    cols = [*SCALING_KEYS, "time_slope", "time_slope_lo", "time_slope_hi", "mem_slope", "mem_slope_lo",
+            "mem_slope_hi", "n_min", "n_max", "points"]
     df = pd.DataFrame([r for r in rows if r.get("status") == "ok"])
     if df.empty:
         return pd.DataFrame(columns=cols)
@@ -255,12 +387,15 @@ def fit_scaling(rows: list[dict], min_seq_len: int = 2048):
         g = big if big["seq_len"].nunique() >= 2 else g
         slopes = {}
         for col, name in (("time_ms_median", "time_slope"), ("peak_mem_bytes", "mem_slope")):
-            s, _, _ = fit_loglog(g["seq_len"], pd.to_numeric(g[col], errors="coerce"))
-            slopes[name] = None if s != s else s
+            rel = pd.to_numeric(g["time_ci_rel"], errors="coerce") if col == "time_ms_median" else None
+            f = fit_loglog_ci(g["seq_len"], pd.to_numeric(g[col], errors="coerce"), rel)
+            for key, v in ((name, f.slope), (f"{name}_lo", f.lo), (f"{name}_hi", f.hi)):
+                slopes[key] = None if v != v else v
         out.append({**dict(zip(SCALING_KEYS, k)), **slopes, "n_min": int(g["seq_len"].min()),
                     "n_max": int(g["seq_len"].max()), "points": int(len(g))})
     return pd.DataFrame(out, columns=cols)
 
 
-def run_benchmark(cfg: BenchConfig, console=None) -> Path:
-    return Runner(cfg, console).run()
+def run_benchmark(cfg: BenchConfig, console=None, command: str | None = None) -> Path:
+    """Run ``cfg``; ``command``: how it was invoked (named in the lock file a refused writer reads)."""
+    return Runner(cfg, console, command).run()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -44,11 +45,33 @@ def load_entry_points() -> None:
                 obj()
 
 
+class PluginError(ValueError):
+    """A plugin file that cannot be loaded: one line naming the file, the line and what is wrong."""
+
+
+class PluginNotFound(PluginError, FileNotFoundError):
+    pass
+
+
+def _plugin_error(path: str | Path, exc: Exception) -> PluginError:
+    """``--plugin FILE: line N: SyntaxError: ...; fix the file`` (the line in the plugin, if any)."""
+    p = Path(path).resolve()
+    if isinstance(exc, SyntaxError):
+        elsewhere = exc.filename and Path(exc.filename).resolve() != p
+        line, what = exc.lineno, f"syntax error: {exc.msg}" + (f" (in {exc.filename}, which it imports)" if elsewhere else "")
+    else:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == p]
+        line, what = (frames[-1].lineno if frames else None), f"{type(exc).__name__}: {exc}"
+    where = f" line {line}:" if line else ""
+    return PluginError(" ".join(f"--plugin {path}:{where} {what}; fix the file".split()))
+
+
 def load_plugin(path: str | Path) -> None:
-    """Import a Python file whose ``@register`` decorators add variants (``--plugin FILE``)."""
+    """Import a Python file whose ``@register`` decorators add variants (``--plugin FILE``).
+    A missing file, a syntax error or a failed registration raises :class:`PluginError`."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"--plugin {path}: no such file (give a path to a .py file)")
+        raise PluginNotFound(f"--plugin {path}: no such file (give a path to a .py file)")
     load()
     mod_name = f"attnbench_plugin_{abs(hash(str(p.resolve())))}"
     if mod_name in sys.modules:
@@ -60,8 +83,11 @@ def load_plugin(path: str | Path) -> None:
     with registry.source(f"plugin {p}"):
         try:
             spec.loader.exec_module(module)
-        except BaseException:
+        except Exception as exc:  # noqa: BLE001 - any failure of the file is the file's
             sys.modules.pop(mod_name, None)  # a fixed file can be loaded again in this process
+            raise _plugin_error(path, exc) from exc
+        except BaseException:
+            sys.modules.pop(mod_name, None)
             raise
 
 

@@ -1,17 +1,25 @@
 """``python -m attnbench``: one CLI, one subcommand per job (list, run, check, report, compare).
 
-Bad input prints one line naming the value and what is allowed, exits 2, and writes nothing.
-Every subcommand that takes variants reads the same selection syntax (``attnbench.params``).
+Results and tables go to stdout, progress and logs to stderr. Every failure is one line on
+stderr naming the value or path and what to do: exit 2 for bad input (nothing is written), 1
+for the environment (a path that cannot be written, a directory another run holds, a corrupt
+results file), 130 for Ctrl-C (the worker is killed, the line says how to resume); ``--debug``
+prints the traceback too. Every subcommand that takes variants reads the same selection syntax
+(``attnbench.params``).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import sys
+import traceback
 from pathlib import Path
 
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # is_available() without a CUDA context
+
+EXIT_ENVIRONMENT, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 class UsageError(Exception):
@@ -22,6 +30,41 @@ VARIANTS_HELP = ("all | names | bare patterns | globs, comma separated, each wit
                  "brackets: 'full@*,mqa', 'sliding_window@blocked[window=64,256,1024]', "
                  "'bigbird[block=32,64,random_blocks=0,3]' (quote it: brackets are shell globs)")
 
+EXAMPLES = {
+    "attnbench": ["python -m attnbench list", "python -m attnbench run --variants all --seq-lens 512..16384",
+                  "python -m attnbench report results/runs/mine --out reports/mine",
+                  "python -m attnbench COMMAND --help     # each command's options, defaults and examples"],
+    "list": ["python -m attnbench list", "python -m attnbench list --json > variants.json",
+             "python -m attnbench list --device cuda --dtype bfloat16    # what a GPU would run, from any machine"],
+    "run": ["python -m attnbench run --variants all --seq-lens 512..16384 > summary.txt",
+            "python -m attnbench run --variants 'sliding_window@blocked[window=64,256]' --seq-lens 4096 --out results/runs/w",
+            "python -m attnbench run --out results/runs/w --resume                          # continue a stopped run",
+            "python -m attnbench run --out results/runs/w --extend --seq-lens 4096,8192     # add cases; run.json records both grids"],
+    "check": ["python -m attnbench check 'full@*' --quick",
+              "python -m attnbench check mine@blocked --plugin my_kernel.py",
+              "python -m attnbench check --device cuda --dtype bfloat16 --dtype float16"],
+    "report": ["python -m attnbench report results/runs/a --out reports/a",
+               "python -m attnbench report results/runs/a results/runs/b --baseline full@flash",
+               "python -m attnbench report results/runs/mine --plugin my_kernel.py     # a plugin's metadata"],
+    "compare": ["python -m attnbench compare results/runs/base results/runs/new",
+                "python -m attnbench compare base new --threshold 20% --variants 'sliding_window@*' --csv cmp.csv",
+                "python -m attnbench compare base new --plugin my_kernel.py"],
+}
+
+
+def examples(cmd: str) -> str:
+    return "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[cmd])
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default in its help (unless the text says it already); examples kept as laid out."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one clear line, exit 2 (argparse prints the whole usage)
@@ -30,62 +73,80 @@ class Parser(argparse.ArgumentParser):
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
-                   help="import a Python file that registers variants (repeatable)")
+                   help="import a Python file that registers variants (repeatable; report and compare read "
+                        "its variants' metadata)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="on an error, print the traceback as well as the one-line message")
+
+
+def _sub(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text, description=help_text, epilog=examples(name),
+                       formatter_class=HelpFormatter)
+    _add_common(p)
+    return p
+
+
+def _run_arguments(p: argparse.ArgumentParser) -> None:
+    from attnbench.config import SEQ_LENS_RULE, defaults
+
+    d = defaults()
+    p.add_argument("--variants", help=f"{VARIANTS_HELP} (default: {d['variants']})")
+    p.add_argument("--seq-lens", metavar="A..B|LIST", help=f"{SEQ_LENS_RULE} (default: {d['seq_lens']})")
+    p.add_argument("--batch", help=f"batch size B (default: {d['batch']})")
+    p.add_argument("--heads", help=f"query heads H (default: {d['heads']})")
+    p.add_argument("--kv-heads", help="K/V heads; fewer than --heads: MQA/GQA for every full kernel "
+                                      "(default: as --heads)")
+    p.add_argument("--head-dim", help=f"head dimension D (default: {d['head_dim']})")
+    p.add_argument("--dtype", help=f"float32 | float64 | bfloat16 | float16 (default: {d['dtype']})")
+    p.add_argument("--device", help=f"cpu | cuda | cuda:N | auto (default: {d['device']})")
+    p.add_argument("--causal", action="store_true", default=None, help="causal masking, bottom-right aligned "
+                                                                       "(default: not causal)")
+    p.add_argument("--mode", help=f"comma list of fwd, bwd, fwd+bwd, decode (default: {d['modes']})")
+    p.add_argument("--out", help="run directory (default: results/runs/<UTC time>)")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue the run in --out with its own settings: finished cases are kept, the rest run")
+    p.add_argument("--extend", action="store_true",
+                   help="resume --out with a different grid: its cases are added and run.json records every grid")
+    p.add_argument("--timeout", help=f"wall-clock limit per case in seconds (default: {d['timeout_s']})")
+    p.add_argument("--mem-budget-gb", help="skip cases predicted to need more memory than this "
+                                           "(default: 80%% of the memory available at start)")
+    p.add_argument("--time-budget", help=f"seconds of timed repeats per case (default: {d['timing']['budget_s']})")
+    p.add_argument("--threads", help="CPU threads per worker (default: all cores)")
+    p.add_argument("--seed", help=f"seed of the inputs (default: {d['seed']})")
+    p.add_argument("--no-check", action="store_true", help="skip the sampled-row check before timing")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="hydra overrides of attnbench/conf/bench.yaml (every key, its default and type), e.g. "
+                        "timing.budget_s=2 or '+params.sliding_window.window=[64,256]' (a parameter grid)")
 
 
 def build_parser() -> Parser:
-    ap = Parser(prog="attnbench", description="Benchmark and analysis suite for efficient attention.")
-    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=Parser)
-
-    p = sub.add_parser("list", help="every registered variant, its metadata and availability here")
-    _add_common(p)
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--device", default="auto", help="availability for this device (cpu|cuda|auto)")
-    p.add_argument("--dtype", default="float32")
-
-    p = sub.add_parser("run", help="time and memory of variants over a grid of sequence lengths")
-    _add_common(p)
-    p.add_argument("--variants", help=VARIANTS_HELP)
-    p.add_argument("--seq-lens", help="A..B (powers of two inclusive) or a list 512,1000,2048")
-    p.add_argument("--batch")
-    p.add_argument("--heads")
-    p.add_argument("--kv-heads", help="K/V heads (< heads: MQA/GQA for every full kernel)")
-    p.add_argument("--head-dim")
-    p.add_argument("--dtype", help="float32 | float64 | bfloat16 | float16")
-    p.add_argument("--device", help="cpu | cuda | auto")
-    p.add_argument("--causal", action="store_true", default=None)
-    p.add_argument("--mode", help="comma list of fwd, bwd, fwd+bwd, decode")
-    p.add_argument("--out", help="run directory (default results/runs/<UTC time>)")
-    p.add_argument("--resume", action="store_true", default=None,
-                   help="continue the run in --out: finished cases are kept, the rest run")
-    p.add_argument("--timeout", help="wall-clock limit per case in seconds")
-    p.add_argument("--mem-budget-gb", help="skip cases predicted to need more memory than this")
-    p.add_argument("--time-budget", help="seconds of timed repeats per case")
-    p.add_argument("--threads", help="CPU threads per worker")
-    p.add_argument("--seed")
-    p.add_argument("--no-check", action="store_true", help="skip the sampled-row check before timing")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="hydra overrides of attnbench/conf/bench.yaml, e.g. timing.budget_s=2 or "
-                        "'+params.sliding_window.window=[64,256]' (a parameter grid by pattern or variant)")
-
-    p = sub.add_parser("check", help="correctness of variants against the dense reference")
-    _add_common(p)
-    p.add_argument("variants", nargs="*", default=["all"],
-                   help=VARIANTS_HELP + " (default: all; patterns at their defaults and their small check settings)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", action="append", help="dtypes to check (default: float32 and float64 on CPU)")
-    p.add_argument("--quick", action="store_true", help="a smaller grid of shapes")
-    p.add_argument("--no-grad", action="store_true", help="outputs only")
-
+    from attnbench import __version__
+    from attnbench.compare import add_arguments as compare_arguments
     from attnbench.report.build import add_arguments as report_arguments
 
-    p = sub.add_parser("report", help="tables (Markdown, LaTeX, CSV) and figures from stored results; never re-measures")
-    report_arguments(p)
+    ap = Parser(prog="attnbench", description="Benchmark and analysis suite for efficient attention.",
+                epilog=examples("attnbench"), formatter_class=HelpFormatter)
+    ap.add_argument("--version", action="version", version=f"attnbench {__version__}")
+    ap.add_argument("--debug", action="store_true", help="on an error, print the traceback as well")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=Parser, metavar="COMMAND")
 
-    from attnbench.compare import add_arguments as compare_arguments
-
-    p = sub.add_parser("compare", help="regression verdicts between two runs: slower beyond a threshold, or broken")
-    compare_arguments(p)
+    p = _sub(sub, "list", "every registered variant, its metadata and availability on a device")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--device", default="auto", help="availability for this device: cpu | cuda | cuda:N | auto "
+                                                    "(a CUDA device need not be present)")
+    p.add_argument("--dtype", default="float32", help="availability for this dtype")
+    _run_arguments(_sub(sub, "run", "time and memory of variants over a grid of sequence lengths"))
+    p = _sub(sub, "check", "correctness of variants against the dense reference")
+    p.add_argument("variants", nargs="*", default=["all"],
+                   help=VARIANTS_HELP + " (default: all; patterns at their defaults and their small check settings)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    p.add_argument("--dtype", action="append", help="dtypes to check, repeatable (default: float32 and float64 on CPU)")
+    p.add_argument("--quick", action="store_true", help="a smaller grid of shapes")
+    p.add_argument("--no-grad", action="store_true", help="outputs only")
+    report_arguments(_sub(sub, "report", "tables (Markdown, LaTeX, CSV) and figures from stored results; "
+                                         "never re-measures"))
+    compare_arguments(_sub(sub, "compare", "regression verdicts between two runs: slower beyond a threshold, "
+                                           "or broken"))
     return ap
 
 
@@ -102,16 +163,8 @@ def _number(text: str, flag: str, kind=int):
         raise UsageError(f"{flag} {text!r}: must be {what}") from None
 
 
-def run_config(args):
-    from attnbench.config import compose, validate
-
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        raise UsageError(f"unexpected argument {bad[0]!r}: overrides are key=value (see attnbench/conf/bench.yaml)")
-    base = None
-    if args.resume and args.out and (Path(args.out) / "run.json").exists():
-        base = json.loads((Path(args.out) / "run.json").read_text()).get("config")
-    raw = compose(list(args.overrides), base)
+def _flags_into(raw: dict, args) -> None:
+    """The run flags given on the command line, over the composed config."""
     for key in ("variants", "seq_lens", "dtype", "device", "out"):
         if getattr(args, key) is not None:
             raw[key] = getattr(args, key)
@@ -127,43 +180,80 @@ def run_config(args):
         raw["modes"] = args.mode
     if args.causal:
         raw["causal"] = True
-    if args.resume:
+    if args.resume or args.extend:
         raw["resume"] = True
     if args.no_check:
         raw["check"] = False
-    raw["plugins"] = list(raw.get("plugins") or []) + list(args.plugin)
-    return validate(raw)
 
 
-def cmd_list(args) -> int:
-    from rich.table import Table
+def run_config(args):
+    from attnbench.config import compose, validate
+    from attnbench.results import read_run_json
 
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        raise UsageError(f"unexpected argument {bad[0]!r}: overrides are key=value (see attnbench/conf/bench.yaml)")
+    base = None
+    if (args.resume or args.extend) and args.out:
+        base = (read_run_json(Path(args.out)) or {}).get("config")  # the stored run's settings
+    raw = compose(list(args.overrides), base)
+    _flags_into(raw, args)
+    raw["plugins"] = list(dict.fromkeys([*(raw.get("plugins") or []), *args.plugin]))
+    return validate(raw, extend=bool(args.extend))
+
+
+def _list_rows(device: str, dtype: str) -> list[tuple]:
+    from attnbench.case import DTYPES, Shape
     from attnbench.catalog import all_specs
-    from attnbench.case import Shape
-    from attnbench.config import resolve_device
-    from attnbench.params import describe
-    from attnbench.report.console import make_console
+    from attnbench.config import ConfigError
 
-    device = resolve_device(args.device)
-    shape = Shape(batch=1, heads=8, kv_heads=8, seq_len=1024, kv_len=1024, head_dim=64,
-                  dtype=args.dtype, device=device)
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype!r}: allowed: {', '.join(DTYPES)}")
+    shape = Shape(batch=1, heads=8, kv_heads=8, seq_len=1024, kv_len=1024, head_dim=64, dtype=dtype, device=device)
     rows = []
     for s in all_specs():
         d = s.describe()
         d["reasons_here"] = s.not_supported_reasons(shape)
         d["available_here"] = not d["reasons_here"]
         rows.append((s, d))
+    return rows
+
+
+def cmd_list(args) -> int:
+    """A table readable in 100 columns: one line per variant; then parameters and what cannot run."""
+    from rich import box
+    from rich.table import Table
+
+    from attnbench.config import resolve_device
+    from attnbench.params import format_value
+    from attnbench.report.console import cannot_run_line, make_console, plain
+
+    device = resolve_device(args.device, present=False)
+    rows = _list_rows(device, args.dtype)
     if args.json:
         print(json.dumps([d for _, d in rows], indent=2, default=str))
         return 0
-    t = Table(title=f"attnbench variants — availability on {device}, {args.dtype}", show_lines=False)
-    for c in ("variant", "family", "exact", "time", "memory", "params (default)", "here"):
-        t.add_column(c)
+    absent = device.startswith("cuda") and resolve_device("auto") == "cpu"
+    t = Table(title=f"attnbench variants: availability on {device}, {args.dtype}"
+                    f"{' (as declared: this machine has no CUDA device)' if absent else ''}",
+              box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title_justify="left")
+    for c in ("variant", "family", "exact", "time", "memory", "here"):
+        t.add_column(c, no_wrap=c != "time")
+    by_params: dict[str, list[str]] = {}  # one line per parameter set: a pattern's kernels share theirs
     for s, d in rows:
-        here = "yes" if d["available_here"] else f"no: {d['reasons_here'][0][:70]}"
         t.add_row(d["name"], d["family"], "yes" if d["exact"] else "approx", d["time"], d["memory"],
-                  describe(s.params), here)
-    make_console().print(t)
+                  "yes" if d["available_here"] else "no")
+        p = " ".join(f"{k}={format_value(v)}" for k, v in s.defaults.items())
+        if p:
+            by_params.setdefault(p, []).append(d["name"])
+    console = make_console(width=100)
+    console.print(t)
+    console.print(plain("parameters and their defaults (set them as variant[key=value,...]):"))
+    for p, names in by_params.items():
+        console.print(plain(f"  {', '.join(names)}: {p}"))
+    cannot = {d["name"]: "; ".join(d["reasons_here"]) for _, d in rows if not d["available_here"]}
+    if cannot:
+        console.print(plain(cannot_run_line(cannot, f"{device} {args.dtype}")))
     return 0
 
 
@@ -171,7 +261,7 @@ def cmd_run(args) -> int:
     from attnbench.bench import run_benchmark
 
     cfg = run_config(args)
-    run_benchmark(cfg)
+    run_benchmark(cfg, command=shlex.join(["python", "-m", "attnbench", *args.argv]))
     return 0
 
 
@@ -212,12 +302,12 @@ def _check_one(spec, setting: dict, shapes, grads: bool, status) -> dict:
 def cmd_check(args) -> int:
     from rich.table import Table
 
+    from attnbench.case import DTYPES
     from attnbench.catalog import select
     from attnbench.check import check_settings, shapes_for, standard_shapes
     from attnbench.config import ConfigError, resolve_device
     from attnbench.params import label
     from attnbench.report.console import make_console
-    from attnbench.case import DTYPES
 
     device = resolve_device(args.device)
     for d in args.dtype or []:
@@ -232,7 +322,7 @@ def cmd_check(args) -> int:
               "first problem"):
         t.add_column(c)
     failed = False
-    with console.status("checking ...") as status:
+    with make_console(stderr=True).status("checking ...") as status:  # progress on stderr
         for choice in choices:
             spec = choice.spec
             for setting in check_settings(spec, choice.overrides()):
@@ -251,37 +341,105 @@ def cmd_check(args) -> int:
     return 1 if failed else 0
 
 
+def _write_error(e: OSError, flag: str, target: Path, what: str):
+    """A write the OS refused, as one line naming the flag's path (or the file that failed)."""
+    from attnbench.results import StoreError
+
+    failed = Path(e.filename) if e.filename else target
+    where = f"{flag} {target}" if failed in (target, *target.parents) or target in failed.parents else str(failed)
+    return StoreError(f"{where}: cannot write ({e.strerror or e}); give {flag} {what}")
+
+
 def cmd_report(args) -> int:
+    from attnbench.report.build import default_out
     from attnbench.report.build import main as report_main
 
-    return report_main(args)  # prints bad input as one line and returns 2 itself
+    out = Path(args.out) if args.out else default_out(args.results)
+    try:
+        return report_main(args)  # prints bad input as one line and returns 2 itself
+    except OSError as e:
+        raise _write_error(e, "--out", out, "a writable directory") from None
+
+
+def _check_writable(path: str, flag: str) -> None:
+    """Open ``path`` for appending (and remove it again if it was not there): a path the OS will
+    not let us write fails here, before any work."""
+    p = Path(path)
+    existed = p.exists()
+    try:
+        with open(p, "a"):
+            pass
+    except OSError as e:
+        raise _write_error(e, flag, p, "a writable file path") from None
+    if not existed:
+        p.unlink()
 
 
 def cmd_compare(args) -> int:
     from attnbench.compare import main as compare_main
 
+    if args.csv:
+        _check_writable(args.csv, "--csv")
     return compare_main(args)  # 0 same, 1 regressed or broken; bad input: one line on stderr, 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    from attnbench.catalog import load_plugin
+COMMANDS = {"list": cmd_list, "run": cmd_run, "check": cmd_check, "report": cmd_report, "compare": cmd_compare}
+
+
+def load_plugin(path: str) -> None:
+    from attnbench.catalog import load_plugin as load
+
+    load(path)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Options and ``key=value`` overrides in any order (argparse alone takes positionals once)."""
+    args, extra = build_parser().parse_known_args(argv)
+    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
+    rest = [e for e in extra if e not in overrides]
+    if rest or (overrides and args.cmd != "run"):
+        raise UsageError(f"{args.cmd}: unrecognized arguments: {' '.join(rest or overrides)}")
+    if args.cmd == "run":
+        args.overrides = [*args.overrides, *overrides]
+    args.argv = argv
+    return args
+
+
+def _failure(e: BaseException) -> tuple[int, str]:
+    """(exit status, the one line) for an exception that ends the command."""
+    from attnbench.catalog import PluginError
     from attnbench.config import ConfigError
     from attnbench.params import ParamError
     from attnbench.registry import UnknownVariant
+    from attnbench.results import StoreError
 
-    parser = build_parser()
+    if isinstance(e, (UsageError, ConfigError, UnknownVariant, ParamError, PluginError)):
+        return EXIT_USAGE, f"error: {e}"
+    bench = sys.modules.get("attnbench.bench")  # only a run can be interrupted with a resume line
+    if isinstance(e, KeyboardInterrupt) or (bench is not None and isinstance(e, bench.Interrupted)):
+        return EXIT_INTERRUPTED, str(e) or "interrupted"
+    if isinstance(e, StoreError):
+        return EXIT_ENVIRONMENT, f"error: {e}"
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if e.filename else ""
+        return EXIT_ENVIRONMENT, f"error: {where}{e.strerror or e}; check the path, its permissions and free space"
+    return EXIT_ENVIRONMENT, (f"error: unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback; "
+                              "please report it)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
+        args = _parse(argv)
         for p in getattr(args, "plugin", []) or []:
-            try:
-                load_plugin(p)
-            except FileNotFoundError as e:
-                raise ConfigError(str(e)) from None
-        return {"list": cmd_list, "run": cmd_run, "check": cmd_check, "report": cmd_report,
-                "compare": cmd_compare}[args.cmd](args)
-    except (UsageError, ConfigError, UnknownVariant, ParamError) as e:
-        print(f"attnbench: error: {e}", file=sys.stderr)
-        return 2
+            load_plugin(p)  # before the command: report and compare read the plugin's metadata
+        return COMMANDS[args.cmd](args)
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - every failure is one line
+        status, line = _failure(e)
+        if "--debug" in argv:
+            traceback.print_exc()
+        print(f"attnbench: {' '.join(line.split())}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

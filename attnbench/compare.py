@@ -49,7 +49,6 @@ from typing import Any, Iterable
 from attnbench.params import ParamError, row_filter
 from attnbench.results import read_rows, upgraded
 from attnbench.schema import KEY_FIELDS, case_key, params_key
-from attnbench.vocab import FAILED as FAILURES
 from attnbench.vocab import NOT_RUN
 
 MIN_SAMPLES = 5  # below this, a one-sided rank test cannot reach p < 0.01 (5 vs 5: p >= 1/252)

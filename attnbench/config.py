@@ -1,32 +1,94 @@
 """Benchmark configuration: hydra-core composes ``conf/bench.yaml`` with CLI overrides.
 
-CLI flags become hydra overrides (``--seq-lens 512..4096`` -> ``seq_lens='512..4096'``) and
-``key=value`` words are passed through, so both spellings work side by side. Every value is
-validated here, before anything is written: a bad value raises :class:`ConfigError` whose
-message names the value and what is allowed.
+CLI flags become config keys (``--seq-lens 512..4096`` -> ``seq_lens``) and ``key=value`` words
+are hydra overrides, so both spellings work side by side. The values (with their reasons) live
+in ``bench.yaml``; their types in :class:`BenchSchema`, a hydra structured config, so hydra
+refuses ``memory=maybe`` or ``timing.min_repeats=abc`` while composing. Ranges are checked in
+:func:`validate`, before anything is written: a bad value raises :class:`ConfigError` whose
+one-line message names the value and what is allowed (every bad value at once).
 """
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import re
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, List, Optional
 
+from attnbench import params as P
 from attnbench.case import DTYPES
 from attnbench.vocab import MODES
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
+MISSING: Any = "???"  # omegaconf's MISSING: the value comes from bench.yaml (one place)
+SEQ_LENS_RULE = "A..B (A, 2A, 4A, ... up to B: powers of two when A is one, e.g. 512..16384) or a list such as 512,1000,2048"
 
 
 class ConfigError(ValueError):
     """Bad user input; the CLI prints it as one line and exits 2."""
 
 
+@dataclass
+class TimingSchema:
+    budget_s: float = MISSING
+    min_repeats: int = MISSING
+    max_repeats: int = MISSING
+    warmup_s: float = MISSING
+    settle_rel: float = MISSING
+    ci_min: int = MISSING
+    disturbed_wait: float = MISSING
+    retry_budget: float = MISSING
+
+
+@dataclass
+class ScalingSchema:
+    min_seq_len: int = MISSING
+
+
+@dataclass
+class BenchSchema:
+    """The type of every key of ``bench.yaml`` (values there). ``Any``: text or a list."""
+
+    variants: Any = MISSING
+    params: Any = MISSING
+    seq_lens: Any = MISSING
+    batch: int = MISSING
+    heads: int = MISSING
+    kv_heads: Optional[int] = MISSING
+    head_dim: int = MISSING
+    dtype: str = MISSING
+    device: str = MISSING
+    causal: bool = MISSING
+    modes: Any = MISSING
+    out: Optional[str] = MISSING
+    resume: bool = MISSING
+    seed: int = MISSING
+    threads: Optional[int] = MISSING
+    timeout_s: float = MISSING
+    mem_budget_gb: Optional[float] = MISSING
+    check: bool = MISSING
+    memory: bool = MISSING
+    plugins: List[str] = MISSING
+    timing: TimingSchema = field(default_factory=TimingSchema)
+    scaling: ScalingSchema = field(default_factory=ScalingSchema)
+    baseline: str = MISSING
+
+
+# key -> the flag that sets it, for messages that name what the user typed
+FLAGS = {"batch": "--batch", "heads": "--heads", "kv_heads": "--kv-heads", "head_dim": "--head-dim",
+         "threads": "--threads", "seed": "--seed", "timeout_s": "--timeout", "mem_budget_gb": "--mem-budget-gb",
+         "timing.budget_s": "--time-budget"}
+
+
 def parse_seq_lens(text: Any) -> list[int]:
-    """``512..16384`` (powers of two, inclusive) or ``512,1000,2048`` -> sorted unique ints."""
+    """``A..B`` (A, 2A, 4A, ... up to B inclusive) or ``512,1000,2048`` -> sorted unique ints."""
+    if isinstance(text, (list, tuple)):
+        text = ",".join(str(t) for t in text)
     s = str(text).strip().replace(" ", "")
-    allowed = "allowed: A..B (powers of two from A to B, e.g. 512..16384) or a list such as 512,1000,2048 of positive integers"
+    allowed = f"allowed: {SEQ_LENS_RULE} of positive integers"
     m = re.fullmatch(r"(\d+)\.\.(\d+)", s)
     if m:
         lo, hi = int(m.group(1)), int(m.group(2))
@@ -72,36 +134,93 @@ class BenchConfig:
     scaling_min_seq_len: int
     baseline: str
     raw: dict[str, Any] = field(default_factory=dict)
+    extend: bool = False  # a resumed run may plan a different grid (recorded in run.json)
+
+    def grid(self) -> dict[str, Any]:
+        """What decides a run's rows: which cases (variants with their settings, n, modes, shape,
+        dtype, device, threads, seed) and how they are measured (timing, check, memory). A
+        resumed run must plan the same grid, or say ``--extend``. Flat, as JSON stores it."""
+        g = {"variants": sorted(P.label(c.spec.name, s) for c in self.choices for s in c.overrides()),
+             "seq_lens": self.seq_lens, "modes": self.modes, "batch": self.batch, "heads": self.heads,
+             "kv_heads": self.kv_heads, "head_dim": self.head_dim, "dtype": self.dtype, "device": self.device,
+             "causal": self.causal, "threads": self.threads, "seed": self.seed, "check": self.check,
+             "memory": self.memory, **{f"timing.{k}": v for k, v in self.timing.items()}}
+        return json.loads(json.dumps(g, default=str))
+
+
+def defaults() -> dict[str, Any]:
+    """bench.yaml as written (no overrides): the defaults ``--help`` shows."""
+    from omegaconf import OmegaConf
+
+    d = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "bench.yaml"))
+    d.pop("defaults", None)
+    return d  # type: ignore[return-value]
 
 
 def compose(overrides: list[str], base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Hydra compose of ``bench.yaml`` with overrides -> plain dict."""
+    """Hydra compose of ``bench.yaml`` (typed by :class:`BenchSchema`) with overrides -> plain dict.
+    ``base``: a resumed run's stored config, merged under today's overrides."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    ConfigStore.instance().store(name="bench_schema", node=BenchSchema)
     try:
         with initialize_config_dir(version_base=None, config_dir=str(CONF_DIR)):
             cfg = hydra_compose(config_name="bench", overrides=overrides)
-            if base is not None:  # a resumed run: its stored config, then today's overrides
+            if base is not None:
                 stored = {k: v for k, v in base.items() if k != "resolved"}
                 cfg = OmegaConf.merge(cfg, stored, OmegaConf.from_dotlist(overrides))
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(f"bad override: {' '.join(str(e).split())}") from None
+        raise ConfigError(override_error(e, overrides)) from None
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def _int(raw: dict, key: str, flag: str, minimum: int) -> int:
-    v = raw[key]
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ConfigError(f"{flag} {v!r}: must be an integer >= {minimum}")
-    return v
+def _schema_keys(schema=BenchSchema, prefix: str = "") -> dict[str, Any]:
+    """'timing.min_repeats' -> its type, for every key of the schema."""
+    out: dict[str, Any] = {}
+    hints = typing.get_type_hints(schema)
+    for f in fields(schema):
+        t = hints[f.name]
+        if is_dataclass(t):
+            out.update(_schema_keys(t, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = t
+    return out
 
 
-def resolve_device(device: str) -> str:
-    """cpu | cuda | cuda:N | auto -> a concrete device; checked without creating a CUDA context."""
+def _kind(t: Any) -> str:
+    """A type in words: 'an integer', 'true or false', 'a number or null'."""
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    if typing.get_origin(t) is typing.Union and args:
+        return f"{_kind(args[0])} or null"
+    if typing.get_origin(t) is list:
+        return "a list"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "text"}.get(t, "a value")
+
+
+def override_error(e: Exception, overrides: list[str]) -> str:
+    """Hydra's complaint as one line naming the key, the value and what is allowed."""
+    cause = e.__cause__ if e.__cause__ is not None else e
+    key = getattr(cause, "full_key", None) or ""
+    keys = _schema_keys()
+    given = {o.lstrip("+~").split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if "=" in o}
+    if key in keys:
+        value = given.get(key, "?")
+        return f"{key}={value}: must be {_kind(keys[key])} (see attnbench/conf/bench.yaml)"
+    if key:
+        close = difflib.get_close_matches(key, list(keys), n=2, cutoff=0.6)
+        hint = f" did you mean {' or '.join(close)}?" if close else ""
+        return f"{key}={given.get(key, '?')}: no such key in attnbench/conf/bench.yaml;{hint} keys: {', '.join(keys)}"
+    return f"bad override: {' '.join(str(e).split())}"
+
+
+def resolve_device(device: str, present: bool = True) -> str:
+    """cpu | cuda | cuda:N | auto -> a concrete device; checked without creating a CUDA context.
+    ``present=False``: a CUDA device need not be on this machine (``list --device cuda``)."""
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     import torch
 
@@ -111,7 +230,7 @@ def resolve_device(device: str) -> str:
     has_cuda = torch.cuda.is_available()
     if d == "auto":
         return "cuda" if has_cuda else "cpu"
-    if d.startswith("cuda") and not has_cuda:
+    if present and d.startswith("cuda") and not has_cuda:
         raise ConfigError(f"--device {d}: CUDA is not available on this machine (torch {torch.__version__}); allowed here: cpu, auto")
     return d
 
@@ -123,30 +242,68 @@ def _selection(raw: dict[str, Any]):
     from attnbench.registry import UnknownVariant
 
     for p in raw.get("plugins") or []:
-        try:
-            load_plugin(p)
-        except FileNotFoundError as e:
-            raise ConfigError(str(e)) from None
+        load_plugin(p)  # PluginError: one line, exit 2
     params = raw.get("params") or {}
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise ConfigError(f"params {params!r}: must map a pattern or variant name to {{parameter: value or list}}, "
                           f"e.g. params.sliding_window.window=[64,256]")
     try:
         choices = select(raw["variants"] if isinstance(raw["variants"], str) else list(raw["variants"]), params)
-        baseline = get(raw["baseline"]).name
     except ParamError as e:
         raise ConfigError(f"--variants: {e}") from None
     except UnknownVariant as e:
         msg = str(e)
         raise ConfigError(msg if msg.startswith("--variants") else f"--variants: {msg}") from None
+    try:
+        baseline = get(str(raw["baseline"])).name
+    except UnknownVariant as e:
+        raise ConfigError(f"baseline={raw['baseline']}: {e} (the speed-up column's reference)") from None
     return choices, baseline
 
 
+def _named(key: str, value: Any) -> str:
+    """How a message names a value: by its flag when it has one (``--batch -1``), else ``key=value``."""
+    return f"{FLAGS[key]} {value!r}" if key in FLAGS else f"{key}={value!r}"
+
+
+def _get(raw: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        raw = raw[part]
+    return raw
+
+
+# key -> (kind, minimum, strictly above the minimum); checked for every run, all at once
+RANGES: dict[str, tuple[type, float, bool]] = {
+    "batch": (int, 1, False), "heads": (int, 1, False), "head_dim": (int, 1, False), "kv_heads": (int, 1, False),
+    "threads": (int, 1, False), "seed": (int, 0, False), "timeout_s": (float, 0, True),
+    "mem_budget_gb": (float, 0, True), "timing.budget_s": (float, 0, True), "timing.min_repeats": (int, 1, False),
+    "timing.max_repeats": (int, 1, False), "timing.warmup_s": (float, 0, False), "timing.settle_rel": (float, 0, True),
+    "timing.ci_min": (int, 1, False), "timing.disturbed_wait": (float, 0, True),
+    "timing.retry_budget": (float, 0, False), "scaling.min_seq_len": (int, 1, False),
+}
+
+
+def _range_problems(raw: dict[str, Any]) -> list[str]:
+    """One phrase per value out of its range or of the wrong type (None = its default rule)."""
+    bad = []
+    for key, (kind, lo, strict) in RANGES.items():
+        v = _get(raw, key)
+        if v is None and key in ("kv_heads", "threads", "mem_budget_gb"):
+            continue
+        ok_type = not isinstance(v, bool) and isinstance(v, int if kind is int else (int, float))
+        if not ok_type or (v <= lo if strict else v < lo):
+            what = "integer" if kind is int else "number"
+            rule = f"a positive {what}" if strict else f"{'an' if kind is int else 'a'} {what} >= {lo:g}"
+            bad.append(f"{_named(key, v)}: must be {rule}")
+    t = raw["timing"]
+    if not bad and t["max_repeats"] < t["min_repeats"]:
+        bad.append(f"timing.max_repeats {t['max_repeats']}: must be >= timing.min_repeats ({t['min_repeats']})")
+    return bad
+
+
 def _shape_fields(raw: dict[str, Any]) -> dict[str, Any]:
-    batch = _int(raw, "batch", "--batch", 1)
-    heads = _int(raw, "heads", "--heads", 1)
-    head_dim = _int(raw, "head_dim", "--head-dim", 1)
-    kv_heads = heads if raw.get("kv_heads") in (None, "null") else _int(raw, "kv_heads", "--kv-heads", 1)
+    heads = raw["heads"]
+    kv_heads = heads if raw.get("kv_heads") in (None, "null") else raw["kv_heads"]
     if heads % kv_heads:
         raise ConfigError(f"--kv-heads {kv_heads}: must divide --heads {heads} (allowed: {[d for d in range(1, heads + 1) if heads % d == 0]})")
     dtype = str(raw["dtype"])
@@ -157,41 +314,49 @@ def _shape_fields(raw: dict[str, Any]) -> dict[str, Any]:
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise ConfigError(f"--mode {modes_raw!r}: allowed: a comma list of {', '.join(MODES)}")
-    return dict(batch=batch, heads=heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype, modes=modes)
+    return dict(batch=raw["batch"], heads=heads, kv_heads=kv_heads, head_dim=raw["head_dim"], dtype=dtype, modes=modes)
+
+
+def check_out(out: Any, resume: bool) -> Path | None:
+    """The run directory: not a file (nor under one); with ``resume``, one that holds a run."""
+    if resume and not out:
+        raise ConfigError("--resume needs --out DIR: the run directory to continue")
+    if not out:
+        return None
+    p = Path(out)
+    for q in (p, *p.parents):
+        if q.exists() and not q.is_dir():
+            raise ConfigError(f"--out {out}: {q} is a file, not a directory; give a directory path")
+    if resume and not (p / "run.json").is_file():
+        raise ConfigError(f"--out {out}: no run to resume there (no run.json); drop --resume to start one")
+    return p
 
 
 def _run_fields(raw: dict[str, Any], device: str) -> dict[str, Any]:
-    threads = raw.get("threads")
-    threads = (os.cpu_count() or 1) if threads in (None, "null") else _int(raw, "threads", "--threads", 1)
-    timeout = raw["timeout_s"]
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ConfigError(f"--timeout {timeout!r}: must be a positive number of seconds")
-    budget = raw.get("mem_budget_gb")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
-        raise ConfigError(f"--mem-budget-gb {budget!r}: must be a positive number (GB)")
+    threads = (os.cpu_count() or 1) if raw.get("threads") is None else raw["threads"]
     t = dict(raw["timing"])
-    if not (isinstance(t.get("budget_s"), (int, float)) and t["budget_s"] > 0):
-        raise ConfigError(f"timing.budget_s {t.get('budget_s')!r}: must be a positive number of seconds")
     if device.startswith("cuda"):
         t["min_repeats"] = max(10, int(t["min_repeats"]))
-    if raw.get("resume") and not raw.get("out"):
-        raise ConfigError("--resume needs --out DIR: the run directory to continue")
-    if raw.get("out") and not raw.get("resume") and (Path(raw["out"]) / "results.jsonl").exists():
-        raise ConfigError(f"--out {raw['out']}: already holds a run (results.jsonl); "
-                          "add --resume to continue it, or choose a new --out")
-    return dict(threads=threads, timeout_s=float(timeout), timing=t,
+        t["max_repeats"] = max(t["min_repeats"], int(t["max_repeats"]))
+    budget = raw.get("mem_budget_gb")
+    return dict(threads=threads, timeout_s=float(raw["timeout_s"]), timing=t,
                 mem_budget_bytes=float(budget) * 1e9 if budget else None)
 
 
-def validate(raw: dict[str, Any]) -> BenchConfig:
-    """Every value checked before anything is written; ConfigError names the value and what is allowed."""
-    choices, baseline = _selection(raw)
+def validate(raw: dict[str, Any], extend: bool = False) -> BenchConfig:
+    """Every value checked before anything is written; ConfigError names the values and what is allowed."""
+    bad = _range_problems(raw)
+    if bad:
+        raise ConfigError("; ".join(bad))
+    out = check_out(raw.get("out"), bool(raw.get("resume")))
+    seq_lens = parse_seq_lens(raw["seq_lens"])
+    shape = _shape_fields(raw)
     device = resolve_device(raw["device"])
+    choices, baseline = _selection(raw)
     return BenchConfig(
-        choices=choices, variants=[c.spec.name for c in choices], seq_lens=parse_seq_lens(raw["seq_lens"]),
-        device=device, causal=bool(raw["causal"]), **_shape_fields(raw), **_run_fields(raw, device),
-        out=Path(raw["out"]) if raw.get("out") else None, resume=bool(raw.get("resume")),
-        seed=int(raw["seed"]), check=bool(raw["check"]), memory=bool(raw["memory"]),
-        plugins=list(raw.get("plugins") or []),
-        scaling_min_seq_len=int(raw["scaling"]["min_seq_len"]), baseline=baseline, raw=raw,
+        choices=choices, variants=[c.spec.name for c in choices], seq_lens=seq_lens,
+        device=device, causal=bool(raw["causal"]), **shape, **_run_fields(raw, device),
+        out=out, resume=bool(raw.get("resume")), seed=int(raw["seed"]), check=bool(raw["check"]),
+        memory=bool(raw["memory"]), plugins=list(raw.get("plugins") or []),
+        scaling_min_seq_len=int(raw["scaling"]["min_seq_len"]), baseline=baseline, raw=raw, extend=extend,
     )

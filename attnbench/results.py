@@ -2,16 +2,32 @@
 
 Lines are appended and flushed as cases finish, so a run killed at any moment loses at most
 the case in flight; a truncated last line (the kill landed mid-write) is dropped on read and
-cut off before a resumed run appends.
+cut off before a resumed run appends. One writer per run directory: :class:`RunLock` holds an
+exclusive ``flock`` on ``DIR/.lock`` (the kernel releases it however the holder dies), and the
+file names the holder, so a second writer is refused with who holds it.
 """
 from __future__ import annotations
 
+import datetime as dt
+import fcntl
 import json
 import os
+import socket
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from attnbench import schema
+
+LOCK_NAME = ".lock"
+
+
+class StoreError(Exception):
+    """The results directory refused (held by another run, a corrupt line, a failed write): one
+    line naming the path and what to do; the CLI exits 1."""
+
+
+class CorruptResults(StoreError, ValueError):
+    """A results.jsonl line before the last is not JSON (the last may be torn by a kill)."""
 
 
 def declared_defaults() -> dict[str, dict]:
@@ -48,7 +64,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             if i >= len(lines) - 2:  # only the last line may be partial
                 break
-            raise ValueError(f"{path}: line {i + 1} is not valid JSON (only the last may be truncated)")
+            raise CorruptResults(f"{path}: line {i + 1} is not valid JSON (only the last may be truncated)")
     return rows
 
 
@@ -66,20 +82,79 @@ def repair(path: Path) -> int:
 
 
 class ResultsWriter:
-    """Appends rows to ``results.jsonl``: one ``write`` + flush per complete line."""
+    """Appends rows to ``results.jsonl``: one ``write`` + flush per complete line. A write the
+    disk refuses (full, read-only) raises :class:`StoreError`; the rows before it are kept."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self.rows = 0  # appended by this writer
+        try:
+            self._f = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot open for appending ({e.strerror})") from None
 
     def append(self, row: dict[str, Any]) -> None:
         """``row``: a complete row (``schema.make_row``)."""
-        self._f.write(json.dumps(row, default=_jsonable) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            self._f.write(json.dumps(row, default=_jsonable) + "\n")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            self.close()  # a torn line, if any, is cut off by the next resume (``repair``)
+            raise StoreError(f"{self.path}: cannot append a row ({e.strerror})") from None
+        self.rows += 1
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:  # the failed write's buffer: nothing more can be saved
+            pass
+
+
+class RunLock:
+    """One writer per run directory: an exclusive ``flock`` on ``DIR/.lock``, released when the
+    holder exits (however it dies: a lock left by a killed run blocks nothing). The file says
+    who holds it (pid, host, start time, command) so a refused writer can name the holder."""
+
+    def __init__(self, out_dir: Path):
+        self.path = Path(out_dir) / LOCK_NAME
+        self._f = None
+
+    def acquire(self, command: str) -> None:
+        """Take the lock or raise :class:`StoreError` naming the holder."""
+        try:
+            f = open(self.path, "a+", encoding="utf-8")
+        except OSError as e:
+            raise StoreError(f"{self.path}: cannot create the lock file ({e.strerror})") from None
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = _holder(f.read())
+            f.close()
+            raise StoreError(f"--out {self.path.parent} is being written by another run ({holder}); wait for it to "
+                             f"finish, or choose another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                            "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}) + "\n")
+        f.flush()
+        self._f = f
+
+    def release(self) -> None:
+        if self._f is not None:
+            fcntl.flock(self._f, fcntl.LOCK_UN)
+            self._f.close()
+            self._f = None
+
+
+def _holder(text: str) -> str:
+    """'pid 123 on host, since 2025-01-01T00:00:00+00:00: attnbench run ...' from a lock file."""
+    try:
+        h = json.loads(text)
+        return f"pid {h['pid']} on {h['host']}, since {h['started_at']}: {h['command']}"
+    except (ValueError, KeyError, TypeError):
+        return "a process that has not written its name yet"
 
 
 def _jsonable(x):
@@ -88,6 +163,17 @@ def _jsonable(x):
     if isinstance(x, (set, tuple)):
         return list(x)
     return str(x)
+
+
+def read_run_json(out_dir: Path) -> dict[str, Any] | None:
+    """``out_dir/run.json`` (None when there is none); :class:`StoreError` when it is not JSON."""
+    p = Path(out_dir) / "run.json"
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise StoreError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}); restore it, or start a new --out") from None
 
 
 def write_run_json(out_dir: Path, info: dict[str, Any]) -> None:

@@ -1,6 +1,8 @@
-"""The CLI as a user meets it: bad input is one clear line and exit 2, list/--json, plugins.
+"""The CLI as a user meets it: bad input is one clear line and exit 2, list/--json, plugins,
+results on stdout and progress on stderr, --help and --version, the --seq-lens rule.
 
-Every call is a fresh ``python -m attnbench`` (about two seconds each: torch and hydra imports).
+Every call is a fresh ``python -m attnbench`` (about two seconds each: torch and hydra imports);
+--help, --version and --seq-lens are read in process.
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ BAD_INPUT = {
     "plugin-missing": (["run", "--plugin", "no_such_plugin.py", "--out", "OUT"], ["no_such_plugin.py"]),
     "override-unknown": (["run", "nosuchkey=1", "--out", "OUT"], ["nosuchkey"]),
     "override-not-key-value": (["run", "stray", "--out", "OUT"], ["'stray'", "key=value"]),
+    "override-after-options": (["run", "timing.budget_s=1", "--out", "OUT", "memory=maybe"], ["memory=maybe"]),
+    "unknown-flag": (["run", "--out", "OUT", "--nope"], ["unrecognized arguments: --nope"]),
     "check-unknown": (["check", "nope"], ["'nope'", "known variants"]),
 }
 
@@ -62,11 +66,61 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path):
     assert p.stdout == ""
 
 
-def test_list_table(tmp_path):
+def test_list_table_fits_100_columns_one_line_per_variant(tmp_path):
+    from attnbench.catalog import names
+
     p = attnbench("list", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    for name in ("full@sdpa", "mqa@sdpa", "gqa@sdpa"):
-        assert name in p.stdout
+    lines = p.stdout.splitlines()
+    assert max(len(ln.rstrip()) for ln in lines) <= 100
+    for name in names("all"):
+        assert sum(ln.split()[:1] == [name] for ln in lines) == 1, name  # its row, on one line
+    assert any(ln.startswith("parameters") for ln in lines)
+
+
+def test_list_for_cuda_on_any_machine(tmp_path):
+    """The README's ``list --device cuda`` example: availability as declared, without a GPU."""
+    p = attnbench("list", "--device", "cuda", "--dtype", "bfloat16", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "availability on cuda, bfloat16" in p.stdout and "full@flash" in p.stdout
+
+
+@pytest.mark.parametrize("cmd", ["list", "run", "check", "report", "compare"])
+def test_help_shows_defaults_and_examples(cmd, capsys):
+    from attnbench.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and text.count(f"python -m attnbench {cmd}") >= 2
+    assert "default" in text and "--plugin" in text
+    if cmd == "run":
+        for shown in ("(default: 512..2048)", "(default: 240)", "(default: auto)", "--extend"):
+            assert shown in " ".join(text.split()), shown
+
+
+def test_version(capsys):
+    from attnbench import __version__
+    from attnbench.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"attnbench {__version__}\n"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("512..2048", [512, 1024, 2048]),
+    ("64..1000", [64, 128, 256, 512]),  # doubles from A while <= B
+    ("100..1000", [100, 200, 400, 800]),  # from A, whatever A is
+    ("64..64", [64]),
+    ("2048,512,1000,512", [512, 1000, 2048]),  # a list: sorted, each once
+    ([64, 128], [64, 128]),  # a YAML list (seq_lens=[64,128])
+])
+def test_seq_lens_rule(text, expected):
+    from attnbench.config import parse_seq_lens
+
+    assert parse_seq_lens(text) == expected
 
 
 def test_list_json(tmp_path):
@@ -123,15 +177,54 @@ def test_plugin_list_json(plugin_file, tmp_path):
     assert e["source"].startswith("plugin") and "my_kernel.py" in e["source"]
 
 
-def test_plugin_run(plugin_file, tmp_path):
-    out = tmp_path / "run"
-    p = attnbench("run", "--variants", "mine@plugtest", "--plugin", str(plugin_file), "--seq-lens", "32",
+@pytest.fixture(scope="module")
+def plugin_run(tmp_path_factory) -> dict:
+    """A run of the plugin kernel at n=32, 64 beside xl@segment (not causal: it cannot run)."""
+    d = tmp_path_factory.mktemp("plugin_run")
+    plugin = d / "my_kernel.py"
+    plugin.write_text(textwrap.dedent(PLUGIN_SRC))
+    out = d / "run"
+    p = attnbench("run", "--variants", "mine@plugtest,xl@segment", "--plugin", str(plugin), "--seq-lens", "32,64",
                   "--heads", "2", "--head-dim", "16", "--threads", "1", "--time-budget", "0.2",
-                  "--out", str(out), cwd=tmp_path)
+                  "--out", str(out), cwd=d)
     assert p.returncode == 0, p.stderr[-3000:]
-    rows = read_rows(out / "results.jsonl")
-    assert len(rows) == 1
-    r = rows[0]
-    assert (r["variant"], r["seq_len"], r["status"]) == ("mine@plugtest", 32, "ok"), r["reasons"]
-    assert r["time_ms_median"] > 0 and r["repeats"] >= 3
-    assert r["max_abs_err"] <= r["allowed_err"]
+    return {"dir": d, "out": out, "plugin": plugin, "stdout": p.stdout, "stderr": p.stderr}
+
+
+def test_plugin_run(plugin_run):
+    rows = read_rows(plugin_run["out"] / "results.jsonl")
+    assert len(rows) == 4
+    by = {(r["variant"], r["seq_len"]): r for r in rows}
+    for n in (32, 64):
+        r = by[("mine@plugtest", n)]
+        assert r["status"] == "ok", r["reasons"]
+        assert r["time_ms_median"] > 0 and r["repeats"] >= 3
+        assert r["max_abs_err"] <= r["allowed_err"]
+        assert by[("xl@segment", n)]["status"] == "unsupported"
+
+
+def test_run_prints_results_on_stdout_progress_on_stderr(plugin_run):
+    """``run > file`` keeps the table and where the rows are; progress and logs stay on the terminal.
+    The table has one line per variant; what cannot run here is one line with its whole reason."""
+    out, err = plugin_run["stdout"], plugin_run["stderr"]
+    table = [ln for ln in out.splitlines() if ln.split()[:1] == ["mine@plugtest"]]
+    assert len(table) == 1 and table[0].count(" ms") == 2, out  # one line, a time per n
+    cannot = [ln for ln in out.splitlines() if ln.startswith("cannot run on cpu float32:")]
+    assert len(cannot) == 1 and "xl@segment: Transformer-XL is causal" in cannot[0], out
+    assert cannot[0].rstrip().endswith("run it with causal=True / --causal"), "the reason was cut"
+    assert "4 new rows (4 in all)" in out and str(plugin_run["out"] / "results.jsonl") in out
+    assert "probing" in err and "probing" not in out
+    assert "slope t/mem" not in err and "new rows" not in err and "cannot run" not in err
+
+
+def test_report_and_compare_take_plugin(plugin_run, tmp_path):
+    """The plugin's metadata (its complexity) reaches the report; compare loads it too."""
+    p = attnbench("report", str(plugin_run["out"]), "--out", str(tmp_path / "rep"), "--baseline", "mine@plugtest",
+                  "--no-figures", "--plugin", str(plugin_run["plugin"]), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    scaling = next((tmp_path / "rep" / "tables").glob("scaling_*.md")).read_text()
+    assert "O(n^2 d)" in next(ln for ln in scaling.splitlines() if "mine@plugtest" in ln)
+    p = attnbench("compare", str(plugin_run["out"]), str(plugin_run["out"]), "--plugin", str(plugin_run["plugin"]),
+                  "--csv", str(tmp_path / "cmp.csv"), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "mine@plugtest" in (tmp_path / "cmp.csv").read_text()

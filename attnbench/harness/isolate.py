@@ -3,7 +3,9 @@
 Each worker is a fresh ``python -m attnbench.harness.worker`` in a new process group. The
 parent sends a case, waits on the result pipe with a deadline, and on timeout kills the whole
 group. A worker that dies (segfault, abort, the kernel's OOM killer) yields a row whose reason
-names the signal and the tail of the worker's log; the next case gets a fresh worker.
+names the signal and the tail of the worker's log; the next case gets a fresh worker. Ctrl-C
+reaches only the parent (the worker has its own session); the parent then kills the worker's
+group (``close``), so nothing outlives an interrupted run.
 """
 from __future__ import annotations
 
@@ -53,7 +55,11 @@ class Worker:
         self._r = r
         self._buf = b""
         self._killed_by_us = False
-        self.ready = self._read(start_timeout)
+        try:
+            self.ready = self._read(start_timeout)
+        except BaseException:  # Ctrl-C while it starts, or it died: no process outlives this
+            self.close()
+            raise
 
     @property
     def alive(self) -> bool:
