@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnbench.results import load_frame
+from attnbench.results import read_rows, upgraded
 
 KERNELS = ["swin@blocked", "swin@flex", "swin@sdpa_mask", "swin@dense"]
 BASE = "swin@dense"
@@ -41,7 +41,7 @@ def run(out: Path, a: argparse.Namespace) -> None:
 
 
 def table(out: Path) -> pd.DataFrame:
-    df = load_frame([out])
+    df = pd.DataFrame(upgraded(read_rows(out / "results.jsonl")))
     df = df[df["variant"].isin(KERNELS)].copy()
     df["order"] = df["variant"].map(KERNELS.index)
     df = df.sort_values(["mode", "order"])
