@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 
 from attnbench.vocab import GRAD_MODES
@@ -80,11 +79,17 @@ class Shape:
 
     def attended_pairs(self) -> int:
         """(query, key) pairs a dense kernel must score, per batch and head (causal: bottom-right)."""
-        n, m = self.seq_len, self.kv_len
-        if not self.causal:
-            return n * m
-        # row i sees clamp(i + M - N + 1, 0, M) keys
-        return int(np.clip(np.arange(n, dtype=np.int64) + (m - n) + 1, 0, m).sum())
+        return attended_pairs(self.seq_len, self.kv_len, self.causal)
+
+
+def attended_pairs(n: int, m: int, causal: bool) -> int:
+    """(query, key) pairs a dense kernel scores, per batch and head, in O(1): N M, or with
+    bottom-right causal the rows' clamp(i + M - N + 1, 0, M) keys, i.e. 1 + 2 + .. + M less the
+    rows that sit before every key."""
+    if not causal:
+        return n * m
+    lo = max(m - n, 0)  # row i sees i + M - N + 1 keys: from lo + 1 up to M
+    return (m * (m + 1) - lo * (lo + 1)) // 2
 
 
 def freeze(value: Any) -> Any:

@@ -7,12 +7,13 @@ q, k, v included for ``bwd`` / ``fwd+bwd`` — so nothing is scaled afterwards.
 """
 from __future__ import annotations
 
-from attnbench.case import Shape
+from attnbench.case import Shape, attended_pairs
 
 
 def dense_flops(shape: Shape) -> float:
     """Forward FLOPs of exact attention: QK^T and PV, 2 FLOPs per multiply-add each."""
-    return 4.0 * shape.batch * shape.heads * shape.head_dim * shape.attended_pairs()
+    pairs = attended_pairs(shape.seq_len, shape.kv_len, shape.causal)
+    return 4.0 * shape.batch * shape.heads * shape.head_dim * pairs
 
 
 def pair_flops(shape: Shape, pairs: float) -> float:

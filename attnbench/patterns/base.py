@@ -17,6 +17,8 @@ from typing import Any, Callable
 import torch
 
 from attnbench.case import Shape, freeze
+from attnbench.case import attended_pairs
+from attnbench.patterns.counts import one_thread
 from attnbench.params import Param
 
 MaskMod = Callable[..., torch.Tensor]
@@ -47,6 +49,9 @@ class Pattern:
     # shape_reasons(n, m, params) -> reasons the parameters cannot describe this shape (a Swin
     # grid that does not hold n tokens, a block layout of the wrong size); [] = fine.
     shape_reasons: Callable[[int, int, dict], list[str]] | None = None
+    # pairs(n, m, causal, params) -> the allowed pairs per batch and head by formula (O(n / b) at
+    # most), or None where it has none; without it count_pairs evaluates the mask (O(N M)).
+    pairs: Callable[[int, int, bool, dict], int | None] | None = None
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -67,17 +72,31 @@ def dense_mask(pattern: Pattern, n: int, m: int, params: dict, *, causal: bool =
 
 
 PAIR_CHUNK = 1 << 24  # mask elements evaluated at once when counting pairs
+# Mask elements count_pairs evaluates for a pattern without a ``pairs`` formula (16384^2: 2 to 5 s
+# on a 2-core CPU); beyond, it returns the dense count (N M, causal: the bottom-right triangle),
+# an upper bound, rather than keep the parent busy for minutes.
+PAIR_EVAL_LIMIT = 1 << 28
 
 
 def count_pairs(pattern: Pattern, n: int, m: int, causal: bool, params: dict) -> int:
-    """(query, key) pairs the pattern allows, per batch and head (rows in chunks: O(n m) time,
-    O(PAIR_CHUNK) memory)."""
+    """(query, key) pairs the pattern allows, per batch and head: the pattern's ``pairs`` formula;
+    without one, the mask evaluated in chunks of rows (O(n m) time, O(PAIR_CHUNK) memory) up to
+    PAIR_EVAL_LIMIT elements, and the dense count (an upper bound) beyond."""
     return _count_pairs(pattern, n, m, causal, freeze(params))
 
 
 @functools.lru_cache(maxsize=256)
+@one_thread()
 def _count_pairs(pattern: Pattern, n: int, m: int, causal: bool, frozen: tuple) -> int:
     params = dict(frozen)
+    if n <= 0 or m <= 0:
+        return 0
+    if pattern.pairs is not None:
+        pairs = pattern.pairs(n, m, causal, params)
+        if pairs is not None:
+            return int(pairs)
+    if n * m > PAIR_EVAL_LIMIT:
+        return attended_pairs(n, m, causal)
     total, chunk = 0, max(1, PAIR_CHUNK // max(m, 1))
     for s in range(0, n, chunk):
         rows = torch.arange(s, min(n, s + chunk))

@@ -9,13 +9,18 @@ query block qb = floor(qp / block), key block kb = j // block):
 * ``bigbird``: a query block attends to the key blocks within ``window_blocks // 2`` blocks of
   it, to ``global_blocks`` global blocks (the first ceil(g/2) and last floor(g/2) blocks, as in
   BigBird's ITC code; global query blocks also attend everywhere), and to ``random_blocks``
-  random blocks drawn once per (number of key blocks, ``seed``) among the others.
+  random blocks drawn once per (number of key blocks, ``seed``) among the others (uniformly:
+  the top of a seeded score matrix up to ``BIGBIRD_MATRIX_BLOCKS`` key blocks, row-wise draws
+  beyond, so that no step is O((n / block)^2); ``attnbench.patterns.blocks``).
 * ``block_sparse``: a block layout; presets ``strided`` (|qb - kb| < s or qb - kb = 0 mod s)
   and ``fixed`` (qb // s == kb // s, plus the last ``summary`` blocks of each stride segment,
   attended by everyone) are the Sparse Transformer's (Child et al. 2019) at block granularity
   with ``stride`` s blocks; ``stride='auto'`` is round(sqrt(key blocks)), the paper's stride
   ~ sqrt(n), so either preset does O(n sqrt(n)) work. An explicit bool matrix
   [key blocks x key blocks] gives the rows of query blocks 0.. directly.
+
+Each pattern also counts its pairs by formula (``Pattern.pairs``): what @flex, @dense and
+@sdpa_mask report as FLOPs, O(n / block) at most (``attnbench.patterns.counts``).
 
 Queries at negative positions (N > M): they are never global and have no random blocks; the
 window (Longformer, BigBird), the global keys and the presets' formulas apply to them as to any
@@ -24,12 +29,14 @@ ones; an explicit layout has no row for them, so they attend to nothing (a zero 
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from attnbench import params as P
 from attnbench.patterns.base import Pattern
+from attnbench.patterns.blocks import (  # noqa: F401  bigbird_layout, block_stride: re-exported for their readers
+    bigbird_layout, bigbird_row_stats, bigbird_rows, block_sparse_row_stats, block_sparse_rows, block_stride,
+    first_query_block)
+from attnbench.patterns.counts import band_pairs, block_pairs
 
 
 def global_positions(m: int, spec) -> torch.Tensor:
@@ -54,47 +61,6 @@ def _longformer(n, m, params, device):
     return mask_mod
 
 
-def first_query_block(n: int, m: int, block: int) -> int:
-    """floor((M - N) / block): the block of query 0 (negative when N > M by a block or more)."""
-    return (m - n) // block
-
-
-@functools.lru_cache(maxsize=64)
-def bigbird_layout(nbk: int, window_blocks: int, global_blocks: int, random_blocks: int, seed: int) -> torch.Tensor:
-    """Bool [nbk, nbk] block layout of query blocks 0..nbk-1, cached per (nbk, params)."""
-    with torch.inference_mode(False):  # cached: never an inference tensor (autograd may use it later)
-        i = torch.arange(nbk)
-        fixed = ((i[:, None] - i[None, :]).abs() <= window_blocks // 2) | bigbird_global(nbk, global_blocks)[None, :]
-        fixed |= bigbird_global(nbk, global_blocks)[:, None]
-        # Random blocks: r per query block among the blocks not already attended (seeded).
-        gen = torch.Generator().manual_seed(seed)
-        score = torch.rand(nbk, nbk, generator=gen).masked_fill(fixed, -1.0)
-        r = min(random_blocks, nbk)
-        rand = torch.zeros(nbk, nbk, dtype=torch.bool)
-        if r > 0:
-            top = score.topk(r, dim=1)
-            rand.scatter_(1, top.indices, top.values >= 0)  # only real candidates
-        return fixed | rand
-
-
-def bigbird_global(nbk: int, global_blocks: int) -> torch.Tensor:
-    """Bool [nbk]: the first ceil(g/2) and the last floor(g/2) blocks."""
-    i = torch.arange(nbk)
-    return (i < (global_blocks + 1) // 2) | (i >= nbk - global_blocks // 2)
-
-
-def bigbird_rows(qb0: int, nbk: int, params: dict) -> torch.Tensor:
-    """Bool [nbk - qb0, nbk]: the layout rows of query blocks qb0..nbk-1 (qb0 may be negative)."""
-    lay = bigbird_layout(nbk, int(params["window_blocks"]), int(params["global_blocks"]),
-                         int(params["random_blocks"]), int(params["seed"]))
-    if qb0 >= 0:
-        return lay[qb0:]
-    qb = torch.arange(qb0, 0)[:, None]  # [-qb0, 1] negative query blocks
-    kb = torch.arange(nbk)[None, :]
-    before = ((kb - qb) <= int(params["window_blocks"]) // 2) | bigbird_global(nbk, int(params["global_blocks"]))[None, :]
-    return torch.cat([before, lay], 0)
-
-
 def _block_table(rows: torch.Tensor, qb0: int, bs: int, off: int, device):
     table = rows.to(device)
 
@@ -110,44 +76,47 @@ def _bigbird(n, m, params, device):
     return _block_table(bigbird_rows(qb0, nbk, params), qb0, bs, m - n, device)
 
 
-def block_stride(stride, nbk: int) -> int:
-    """The preset's stride in blocks: an int >= 1, or 'auto' = round(sqrt(key blocks)), the
-    Sparse Transformer's choice (stride ~ sqrt(n)) that makes the pattern O(n sqrt(n))."""
-    if stride == "auto":
-        return max(1, round(nbk ** 0.5))
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"block_sparse stride {stride!r}: allowed: an int >= 1 or 'auto' (sqrt of the key blocks)")
-    return stride
-
-
 def block_sparse_layout(nbq: int, nbk: int, params: dict) -> torch.Tensor:
     """Bool [nbq, nbk]: the layout rows of the last ``nbq`` query blocks (key space)."""
     return block_sparse_rows(nbk - nbq, nbk, params)
-
-
-def block_sparse_rows(qb0: int, nbk: int, params: dict) -> torch.Tensor:
-    """Bool [nbk - qb0, nbk]: layout rows of query blocks qb0..nbk-1 from a preset's formula,
-    or from an explicit [nbk, nbk] matrix (no row for a negative block: nothing attended)."""
-    lay = params["layout"]
-    if not isinstance(lay, str):
-        t = torch.as_tensor(lay, dtype=torch.bool)
-        if t.shape != (nbk, nbk):
-            raise ValueError(f"block_sparse layout has shape {tuple(t.shape)}, this case needs {(nbk, nbk)} "
-                             f"(key blocks ceil(M / block) x the same)")
-        return torch.cat([torch.zeros(max(0, -qb0), nbk, dtype=torch.bool), t[max(qb0, 0):]], 0)
-    s = block_stride(params["stride"], nbk)
-    qb = torch.arange(qb0, nbk)[:, None]  # query blocks in key-block space
-    kb = torch.arange(nbk)[None, :]
-    if lay == "strided":
-        return ((qb - kb).abs() < s) | ((qb - kb) % s == 0)
-    c = int(params["summary"])
-    return (torch.div(qb, s, rounding_mode="floor") == kb // s) | (kb % s >= s - c)
 
 
 def _block_sparse(n, m, params, device):
     bs = int(params["block"])
     nbk, qb0 = -(-m // bs), first_query_block(n, m, bs)
     return _block_table(block_sparse_rows(qb0, nbk, params), qb0, bs, m - n, device)
+
+
+def _count_in(sorted_pos: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """How many of ``sorted_pos`` lie in [lo, hi] (elementwise)."""
+    return torch.clamp(torch.searchsorted(sorted_pos, hi, right=True) - torch.searchsorted(sorted_pos, lo), min=0)
+
+
+def longformer_pairs(n: int, m: int, causal: bool, params: dict) -> int:
+    """Allowed pairs of ``longformer`` in O(global tokens): the window of every row, global rows
+    made whole, then each global key for the rows whose window does not hold it already."""
+    w, off = int(params["window"]), m - n
+    hi = 0 if causal else w  # the window is qp - w .. qp + hi
+    g = global_positions(m, params["global_tokens"])  # [G] sorted
+    gq = g[g >= off]  # global positions that are queries: whole rows
+    total = band_pairs(off, m - 1, -w, hi, m)
+    total -= int((torch.clamp(gq + hi, max=m - 1) - torch.clamp(gq - w, min=0) + 1).sum())
+    total += int((gq + 1).sum()) if causal else m * len(gq)
+    first_row = torch.clamp(g, min=off) if causal else torch.full_like(g, off)  # rows that see key g
+    sees = (m - first_row) - _count_in(gq, first_row, torch.full_like(g, m - 1))
+    a, z = torch.clamp(g - hi, min=off), torch.clamp(g + w, max=m - 1)  # rows whose window holds g
+    in_window = torch.clamp(z - a + 1, min=0) - _count_in(gq, a, z)
+    return total + int((sees - in_window).sum())
+
+
+def _layout_pairs(row_stats):
+    def pairs(n: int, m: int, causal: bool, params: dict) -> int:
+        """Allowed pairs of the block layout from its rows' statistics, O(n / block)."""
+        b = int(params["block"])
+        nbk = -(-m // b)
+        return block_pairs(row_stats(first_query_block(n, m, b), nbk, params), n, m, b, causal)
+
+    return pairs
 
 
 def _layout_reasons(n: int, m: int, params: dict) -> list[str]:
@@ -159,7 +128,7 @@ def _layout_reasons(n: int, m: int, params: dict) -> list[str]:
 
 
 LONGFORMER = Pattern(
-    name="longformer", family="sparse", make_mask=_longformer, decode=True,
+    name="longformer", family="sparse", make_mask=_longformer, decode=True, pairs=longformer_pairs,
     params={"window": P.integer(256, minimum=0, doc="keys on each side of the query"),
             "global_tokens": P.positions(16, doc="the first k positions, or a list of positions")},
     doc="sliding window plus global tokens (attend to / attended by all)",
@@ -167,7 +136,7 @@ LONGFORMER = Pattern(
     examples=({"window": 3, "global_tokens": 2}, {"window": 5, "global_tokens": [0, 20, 36]}),
 )
 BIGBIRD = Pattern(
-    name="bigbird", family="sparse", make_mask=_bigbird,
+    name="bigbird", family="sparse", make_mask=_bigbird, pairs=_layout_pairs(bigbird_row_stats),
     params={"block": P.integer(64, minimum=1, doc="tokens per block"),
             "window_blocks": P.integer(3, minimum=1, doc="blocks of the sliding window (w // 2 each side)"),
             "global_blocks": P.integer(2, minimum=0, doc="global blocks (first ceil(g/2), last floor(g/2))"),
@@ -179,7 +148,7 @@ BIGBIRD = Pattern(
               {"block": 8, "window_blocks": 1, "global_blocks": 0, "random_blocks": 2, "seed": 0}),
 )
 BLOCK_SPARSE = Pattern(
-    name="block_sparse", family="sparse", make_mask=_block_sparse,
+    name="block_sparse", family="sparse", make_mask=_block_sparse, pairs=_layout_pairs(block_sparse_row_stats),
     params={"block": P.integer(64, minimum=1, doc="tokens per block"),
             "layout": P.layout("strided", ("strided", "fixed"), doc="preset or explicit bool matrix"),
             "stride": P.int_or_auto("auto", minimum=1, doc="stride in blocks ('auto': sqrt of the key blocks)"),

@@ -128,6 +128,30 @@ def _swin_bias(n, m, heads, params, device, dtype):
     return score_mod, dense_bias
 
 
+def _axis_squares(size: int, padded: int, win: int, shift: int) -> int:
+    """Sum over one axis's (window, region) cells of (tokens in the cell)^2. Token r sits at
+    (r - s) mod padded: at [0, size - s) and [padded - s, padded); the last window splits into
+    regions [padded - M, padded - s) and [padded - s, padded)."""
+    if shift == 0:
+        full, rest = divmod(size, win)
+        return full * win * win + rest * rest
+    real, windows = size - shift, padded // win
+    full = min(windows - 1, real // win)
+    part = min(win, real - full * win) if full < windows - 1 else 0
+    region1 = max(0, min(padded - shift, real) - (padded - win))
+    return full * win * win + part * part + region1 * region1 + shift * shift
+
+
+def _swin_pairs(n, m, causal, params):
+    """Allowed pairs in O(1): a group is a (row cell, column cell) pair, so the sum of squared
+    group sizes factors into one sum per axis. None for shapes the pattern does not describe."""
+    if causal or n != m:
+        return None
+    g = swin_geometry(n, params)
+    return (_axis_squares(g["h"], g["hp"], g["win"], g["shift"])
+            * _axis_squares(g["w"], g["wp"], g["win"], g["shift"]))
+
+
 def _grid_reasons(n: int, m: int, params: dict) -> list[str]:
     g = params.get("grid")
     if g and g[0] * g[1] != n:
@@ -138,6 +162,7 @@ def _grid_reasons(n: int, m: int, params: dict) -> list[str]:
 
 SWIN = Pattern(
     name="swin", family="window", make_mask=_swin_mask, make_bias=_swin_bias, causal=False, grid=True,
+    pairs=_swin_pairs,
     params={"window": P.integer(8, minimum=1, doc="window side M (M x M tokens)"),
             "shift": P.boolean(True, doc="shift the windows by M // 2 (Swin's odd blocks)"),
             "grid": P.grid(doc="H x W token grid"),

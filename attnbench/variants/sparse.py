@@ -1,7 +1,9 @@
 """@blocked kernels of the sparse patterns: the block-sparse engine (``engines/blocksparse``) fed
 with each pattern's block layout. Plans (index tensors and the masks of partially allowed column
-ranges) are built once per (shape, params, causal) and cached; the kernels' FLOPs are the plan's
-computed score pairs.
+ranges) are built once per (shape, params, causal) and cached, in the worker; the kernels' FLOPs
+are the plan's computed score pairs, which the cost functions get from the plan's sizes
+(``blocksparse.plan_sizes`` on the layout's per-row counts by formula, O(n / block)) without
+building the plan or the layout.
 
 Besides the pattern's parameters the kernels take engine knobs (for tests and tuning): ``dense``
 ('auto' | 'never' | 'all': which query blocks run as dense rows), ``band`` (strided band views),
@@ -13,6 +15,7 @@ N > M with a reason, and @dense / @sdpa_mask / @flex compute such cases from the
 """
 from __future__ import annotations
 
+import bisect
 import functools
 
 import torch
@@ -21,7 +24,9 @@ from attnbench import params as P
 from attnbench.case import Shape, freeze
 from attnbench.engines import blocksparse
 from attnbench.patterns import BIGBIRD, BLOCK_SPARSE, LONGFORMER, Pattern
-from attnbench.patterns.sparse import bigbird_rows, block_sparse_rows, global_positions
+from attnbench.patterns.counts import one_thread
+from attnbench.patterns.sparse import (bigbird_row_stats, bigbird_rows, block_sparse_row_stats, block_sparse_rows,
+                                       global_positions)
 from attnbench.registry import AttnOutput, VariantSpec, add, lookup
 from attnbench.variants.masked import pattern_kernel_fields, pattern_reasons
 
@@ -99,6 +104,62 @@ def plan(name: str, n: int, m: int, causal: bool, params: dict | None = None) ->
     return _cached_plan(name, n, m, bool(causal), freeze(params))
 
 
+def _longformer_counts(n: int, m: int, window: int, b: int, causal: bool):
+    """(counts, first, last) [query blocks] of :func:`_longformer_layout` by formula (causal:
+    blocks up to the query block's own)."""
+    off, nbk = m - n, -(-m // b)
+    qb = torch.arange(off // b, nbk)
+    qlo, qhi = torch.clamp(qb * b, min=off), torch.clamp((qb + 1) * b, max=m) - 1
+    first = torch.clamp(torch.div(qlo - window, b, rounding_mode="floor"), min=0)
+    last = torch.clamp(torch.div(qhi + window, b, rounding_mode="floor"), max=nbk - 1)
+    if causal:
+        last = torch.minimum(last, qb)
+    return last - first + 1, first, last
+
+
+def _longformer_key_range(m: int, window: int, causal: bool, g: list[int]):
+    """The keys non-global queries at positions p0..p1 may attend: their windows and the
+    global keys (causal: those up to p1), as (lowest, one past the highest)."""
+    def key_range(p0: int, p1: int) -> tuple[int, int]:
+        lo, hi = max(0, p0 - window), min(m - 1, p1 if causal else p1 + window)
+        seen = g[:bisect.bisect_right(g, p1)] if causal else g  # sorted global keys these rows see
+        if seen:
+            lo, hi = min(lo, seen[0]), max(hi, seen[-1])
+        return lo, hi + 1
+
+    return key_range
+
+
+def _longformer_sizes(n: int, m: int, causal: bool, params: dict) -> blocksparse.PlanSizes:
+    b = params["block"] or longformer_block(params["window"])
+    g = global_positions(m, params["global_tokens"])
+    counts, first, last = _longformer_counts(n, m, params["window"], b, causal)
+    return blocksparse.plan_sizes(n, m, b, counts, first, last, causal=causal, extra_keys=g,
+                                  heavy_rows=g[g >= m - n] - (m - n), **_knobs(params),
+                                  key_range=_longformer_key_range(m, params["window"], causal, g.tolist()))
+
+
+@functools.lru_cache(maxsize=64)
+@one_thread()
+def _cached_sizes(name: str, n: int, m: int, causal: bool, frozen: tuple) -> blocksparse.PlanSizes:
+    params = dict(frozen)
+    if name == "longformer":
+        return _longformer_sizes(n, m, causal, params)
+    b = params["block"]
+    row_stats = bigbird_row_stats if name == "bigbird" else block_sparse_row_stats
+    counts, first, last = row_stats((m - n) // b, -(-m // b), params).causal_cut(causal)
+    return blocksparse.plan_sizes(n, m, b, counts, first, last, causal=causal, **_knobs(params))
+
+
+def sizes(name: str, n: int, m: int, causal: bool, params: dict | None = None) -> blocksparse.PlanSizes:
+    """``plan(name, ...).sizes()`` without building the plan: O(n / block) from the layout's
+    per-row statistics (``patterns.counts``), what the cost functions read in the parent."""
+    if n > m:
+        raise ValueError(f"{name}@blocked needs N <= M (got N={n} queries, M={m} keys)")
+    params = lookup(f"{name}@blocked").resolve_params(params)
+    return _cached_sizes(name, n, m, bool(causal), freeze(params))
+
+
 def _make_forward(name: str):
     def forward(q, k, v, *, causal=False, state=None, need_weights=False, **params) -> AttnOutput:
         """q [B, H, N, D], k/v [B, Hkv, M, D]; gathered blocks per query block, dense global rows."""
@@ -115,17 +176,18 @@ def _costs(name: str):
         return 0 < shape.seq_len <= shape.kv_len
 
     def flops(shape: Shape, params) -> float:
+        """4 D per score pair the plan computes (its sizes, not the plan: O(n / block))."""
         if not live(shape):
             return 0.0
-        p = plan(name, shape.seq_len, shape.kv_len, shape.causal, params)
-        return blocksparse.flops(p, shape.batch, shape.heads, shape.head_dim)
+        sz = sizes(name, shape.seq_len, shape.kv_len, shape.causal, params)
+        return blocksparse.flops(sz, shape.batch, shape.heads, shape.head_dim)
 
     def memory(shape: Shape, params) -> float:
         """Peak bytes above the inputs in shape.mode (engines/blocksparse: peak_bytes)."""
         if not live(shape):
             return 0.0
-        p = plan(name, shape.seq_len, shape.kv_len, shape.causal, params)
-        return blocksparse.peak_bytes(p, shape.batch, shape.heads, shape.kv_heads, shape.head_dim,
+        sz = sizes(name, shape.seq_len, shape.kv_len, shape.causal, params)
+        return blocksparse.peak_bytes(sz, shape.batch, shape.heads, shape.kv_heads, shape.head_dim,
                                       shape.element_size, grad=shape.needs_grad)
 
     return flops, memory

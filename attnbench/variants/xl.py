@@ -216,9 +216,9 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def plan(n: int, m: int, segment_len: int, mem_len: int, mem_avail: int = 0,
-         score_row_bytes: int = 0) -> list[_Chunk]:
-    """Chunks covering the N query rows in order.
+def _parts(n: int, m: int, segment_len: int, mem_len: int, mem_avail: int = 0,
+           score_row_bytes: int = 0) -> list[tuple[int, int, int, int, int]]:
+    """The plan's parts (s0, s1, r0, r1, segments per chunk); :func:`plan` cuts them into chunks.
 
     Keys 0..M-1 are cut into segments of L; query i sits at t = i + M - N. Segments before the
     first query are skipped (their keys are read as memory only). The first processed segment
@@ -257,19 +257,43 @@ def plan(n: int, m: int, segment_len: int, mem_len: int, mem_avail: int = 0,
             parts += [(s0, s_full), (s_full, s1)]
         else:
             parts.append((s0, s1))
-    chunks = []
+    out = []
     for s0, s1 in parts:
         r0, r1 = rows(s0)
         per = s1 - s0
         if score_row_bytes:
             per = max(1, min(per, CHUNK_BYTES // max(1, score_row_bytes * (r1 - r0) * (P + r1))))
-        for c0 in range(s0, s1, per):
-            c1 = min(s1, c0 + per)
-            # memory columns: as many as the chunk's last segment can have (earlier, fewer
-            # exist: masked)
-            pm = min(P, mem_avail + (c1 - 1) * L)
-            chunks.append(_Chunk(c0, c1, r0, r1, pm))
-    return chunks
+        out.append((s0, s1, r0, r1, per))
+    return out
+
+
+def _chunk(c0: int, c1: int, r0: int, r1: int, L: int, P: int, mem_avail: int) -> _Chunk:
+    # memory columns: as many as the chunk's last segment can have (earlier, fewer exist: masked)
+    return _Chunk(c0, c1, r0, r1, min(P, mem_avail + (c1 - 1) * L))
+
+
+def plan(n: int, m: int, segment_len: int, mem_len: int, mem_avail: int = 0,
+         score_row_bytes: int = 0) -> list[_Chunk]:
+    """Chunks covering the N query rows in order (:func:`_parts`: the parameters)."""
+    return [_chunk(c0, min(s1, c0 + per), r0, r1, segment_len, mem_len, mem_avail)
+            for s0, s1, r0, r1, per in _parts(n, m, segment_len, mem_len, mem_avail, score_row_bytes)
+            for c0 in range(s0, s1, per)]
+
+
+def chunk_counts(n: int, m: int, segment_len: int, mem_len: int, mem_avail: int = 0,
+                 score_row_bytes: int = 0) -> list[tuple[_Chunk, int]]:
+    """:func:`plan` as (chunk, how many chunks of its shape follow it), for the cost model: a
+    part's full chunks whose memory is whole (pm = mem_len) differ only in where they start, so
+    they are counted, not listed (O(parts + stream-start chunks), not O(n / segment_len))."""
+    L, P, out = segment_len, mem_len, []
+    for s0, s1, r0, r1, per in _parts(n, m, L, P, mem_avail, score_row_bytes):
+        c0 = s0
+        while c0 < s1:
+            ch = _chunk(c0, min(s1, c0 + per), r0, r1, L, P, mem_avail)
+            same = (s1 - c0) // per if ch.pm == P and ch.s1 - ch.s0 == per else 1
+            out.append((ch, same))
+            c0 += same * per
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,17 +569,18 @@ def xl_reference(q, k, v, *, causal=True, rows=None, segment_len=DEFAULTS["segme
 # ---------------------------------------------------------------------------------------------
 # Registration
 # ---------------------------------------------------------------------------------------------
-def _shape_plan(shape: Shape, params) -> list[_Chunk]:
+def _shape_plan(shape: Shape, params) -> list[tuple[_Chunk, int]]:
+    """The kernel's chunks as (chunk, how many of its shape): O(1) parts, not O(n / L) chunks."""
     g = shape.heads // max(1, shape.kv_heads)
-    return plan(shape.seq_len, shape.kv_len, params["segment_len"], params["mem_len"], 0,
-                score_row_bytes=g * shape.element_size)
+    return chunk_counts(shape.seq_len, shape.kv_len, params["segment_len"], params["mem_len"], 0,
+                        score_row_bytes=g * shape.element_size)
 
 
 def xl_flops(shape: Shape, params) -> float:
     """Forward FLOPs the kernel performs: per segment and head, [Lq, W] scores for the content
     term, [Lq, W] for the position term and [Lq, W] x D for PV (2 per multiply-add), masked
     entries included; the W_r R table is a cached constant."""
-    pairs = sum(ch.pairs() for ch in _shape_plan(shape, params))
+    pairs = sum(k * ch.pairs() for ch, k in _shape_plan(shape, params))
     return 6.0 * shape.batch * shape.heads * shape.head_dim * pairs
 
 
@@ -577,8 +602,8 @@ def xl_memory(shape: Shape, params) -> float:
         return float(out + state)
     if not shape.needs_grad:
         # score, position-score, query and output buffers, and the kept bias (mask) per geometry
-        buf = max(G * (ch.s1 - ch.s0) * (ch.r1 - ch.r0) * (2 * ch.width + 1 + 3 * D) for ch in chunks) * e
-        buf += sum((ch.r1 - ch.r0) * (ch.width + 1) for ch in set(chunks)) * e
+        buf = max(G * (ch.s1 - ch.s0) * (ch.r1 - ch.r0) * (2 * ch.width + 1 + 3 * D) for ch, _ in chunks) * e
+        buf += sum(k * (ch.r1 - ch.r0) * (ch.width + 1) for ch, k in chunks) * e  # every chunk's
         pad = 2 * B * Hkv * (params["mem_len"] + params["segment_len"]) * D * e
         return float(out + state + buf + pad)
 
@@ -588,7 +613,7 @@ def xl_memory(shape: Shape, params) -> float:
         queries = 3 * B * H * ns * lq * D * e
         return windows + queries + 3.0 * B * H * ch.pairs() * e
 
-    return float(sum(work(ch) for ch in chunks) + 4 * out + state)
+    return float(sum(k * work(ch) for ch, k in chunks) + 4 * out + state)
 
 
 def _xl_reasons(shape: Shape, params) -> list[str]:

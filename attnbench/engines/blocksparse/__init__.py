@@ -42,7 +42,10 @@ Two executions of the same plan:
 
 Modules: :mod:`.plan` (the plan's data types), :mod:`.layout` and :mod:`.chunks` (the planning
 phases, on query blocks and on chunks), :mod:`.build` (:func:`build_plan`), :mod:`.inference`
-and :mod:`.autograd` (the two executions), :mod:`.cost` (FLOPs and peak memory), :mod:`.tuning`
+and :mod:`.autograd` (the two executions), :mod:`.sizes` and :mod:`.dense_sizes`
+(:func:`plan_sizes`: the plan's chunk sizes from per-query-block counts, O(n / b), for the cost
+model in the parent process, which never builds a plan), :mod:`.cost` (FLOPs and peak memory
+from those sizes), :mod:`.tuning`
 (the tuning constants, re-exported here; they are read from ``tuning`` at call time, so set
 them there: ``blocksparse.tuning.THREADS = 3``).
 """
@@ -57,7 +60,8 @@ from attnbench.engines.blocksparse.autograd import attention_autograd
 from attnbench.engines.blocksparse.build import build_plan
 from attnbench.engines.blocksparse.cost import flops, peak_bytes
 from attnbench.engines.blocksparse.inference import attention_inference, workers
-from attnbench.engines.blocksparse.plan import BlockPlan, DenseChunk, LightChunk, MaskFn
+from attnbench.engines.blocksparse.plan import BlockPlan, DenseChunk, LightChunk, MaskFn, PlanSizes
+from attnbench.engines.blocksparse.sizes import plan_sizes
 from attnbench.engines.blocksparse.tuning import (  # noqa: F401  re-exported for readers
     BAND_SCORE_BYTES, DENSE_CACHE_ELEMS, DENSE_MASK_ELEMS, DENSE_MAX_ROWS, DENSE_MIN_BLOCKS, DENSE_RATIO,
     MAX_CHUNK_BLOCKS, MAX_REGIONS, SCORE_BYTES, THREADS)
@@ -65,7 +69,7 @@ from attnbench.engines.blocksparse.tuning import (  # noqa: F401  re-exported fo
 __all__ = [
     "BAND_SCORE_BYTES", "DENSE_CACHE_ELEMS", "DENSE_MASK_ELEMS", "DENSE_MAX_ROWS", "DENSE_MIN_BLOCKS",
     "DENSE_RATIO", "MAX_CHUNK_BLOCKS", "MAX_REGIONS", "SCORE_BYTES", "THREADS", "BlockPlan", "DenseChunk",
-    "LightChunk", "MaskFn", "attention", "build_plan", "flops", "peak_bytes", "workers",
+    "LightChunk", "MaskFn", "PlanSizes", "attention", "build_plan", "flops", "peak_bytes", "plan_sizes", "workers",
 ]
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan,

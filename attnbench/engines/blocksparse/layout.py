@@ -1,6 +1,7 @@
 """Planning on query blocks: geometry, the dense / band / gather split, band runs, the packing
 of gather chunks and the grouping of dense rows. Index arithmetic only: the chunks themselves
-are made in :mod:`attnbench.engines.blocksparse.chunks`."""
+are made in :mod:`attnbench.engines.blocksparse.chunks`. :class:`Blocks` is the query blocks'
+extent from their counts alone, what :mod:`.sizes` plans on (the same split, no layout)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,6 +50,29 @@ class Split:
     kend: torch.Tensor  # [nbq]
 
 
+@dataclass(eq=False)
+class Blocks:
+    """The query blocks (key space) as :class:`Geometry` has them, without per-token
+    tensors: sizes, counts and extents [nbq], the extra keys and the heavy rows."""
+
+    n: int
+    m: int
+    b: int  # block size
+    off: int  # m - n: query i sits at key position i + off
+    causal: bool
+    counts: torch.Tensor  # [nbq] key blocks read (causal applied)
+    first: torch.Tensor  # [nbq] first key block read (0 where none)
+    last: torch.Tensor  # [nbq] last key block read (0 where none)
+    blk: torch.Tensor  # [nbq] key-space block number of each query block
+    qlo: torch.Tensor  # [nbq] first valid query position of each block
+    qhi: torch.Tensor  # [nbq] last valid query position
+    full_rows: torch.Tensor  # bool [nbq]: all b rows are queries
+    extras: torch.Tensor  # [E] extra key positions
+    E: int
+    heavy: torch.Tensor  # [H] sorted heavy query rows (the caller's)
+    all_dense: bool  # dense='all': every row is computed as a dense row
+
+
 def geometry(n: int, m: int, block: int, layout, *, causal: bool, extra_keys, heavy_rows,
              all_dense: bool) -> Geometry:
     """Check the inputs and describe every query block (see ``build_plan``)."""
@@ -93,6 +117,26 @@ def extra_positions(extra_keys, m: int) -> torch.Tensor:
     return torch.unique(extras[(extras >= 0) & (extras < m)])
 
 
+def block_extents(n: int, m: int, block: int, counts, first, last, causal: bool, extra_keys, heavy_rows,
+                  all_dense: bool) -> Blocks:
+    """:class:`Blocks` from the query blocks' counts, first and last key blocks [nbq]."""
+    if n > m:
+        raise ValueError(f"block-sparse plan needs N <= M (queries bottom-right aligned), got {n} > {m}")
+    b = int(block)
+    off, nbk = m - n, -(-m // b)
+    blk = torch.arange(off // b, nbk)
+    counts, first, last = (torch.as_tensor(t, dtype=torch.long) for t in (counts, first, last))
+    if counts.shape != blk.shape:
+        raise ValueError(f"block counts have shape {tuple(counts.shape)}, expected {tuple(blk.shape)}")
+    qlo, qhi = torch.clamp(blk * b, min=off), torch.clamp((blk + 1) * b, max=m) - 1
+    extras = extra_positions(extra_keys, m)
+    hr = torch.as_tensor([] if heavy_rows is None else heavy_rows, dtype=torch.long).flatten()
+    return Blocks(n=n, m=m, b=b, off=off, causal=causal, counts=counts, first=first, last=last, blk=blk,
+                  qlo=qlo, qhi=qhi, full_rows=(qlo == blk * b) & (qhi == (blk + 1) * b - 1),
+                  extras=extras, E=int(extras.numel()), heavy=torch.unique(hr[(hr >= 0) & (hr < n)]),
+                  all_dense=all_dense)
+
+
 def heavy_flags(heavy_rows, n: int, all_rows: bool) -> torch.Tensor:
     """bool [n]: the heavy query rows (every row with ``all_rows``)."""
     heavy = torch.zeros(n, dtype=torch.bool)
@@ -107,8 +151,17 @@ def heavy_flags(heavy_rows, n: int, all_rows: bool) -> torch.Tensor:
 def split_blocks(geo: Geometry, dense: str, band: bool) -> Split:
     """Dense blocks (key range barely larger than what they read anyway, ``dense='auto'``),
     band candidates (contiguous key blocks), and the blocks light chunks must compute."""
+    rowheavy = torch.zeros(geo.nbq, geo.b, dtype=torch.bool)
+    rowheavy[geo.valid] = geo.heavy[geo.qidx[geo.valid]]
+    needed = (geo.valid & ~rowheavy).any(1)  # has a row that is not computed densely anyway
+    return split_counts(geo, geo.counts, geo.first, geo.last, geo.full_rows, needed, dense, band)
+
+
+def split_counts(geo, counts: torch.Tensor, first: torch.Tensor, last: torch.Tensor, full_rows: torch.Tensor,
+                 needed: torch.Tensor, dense: str, band: bool) -> Split:
+    """:func:`split_blocks` from the query blocks' counts, first and last key blocks [nbq]
+    alone (``geo``: anything with ``b``, ``m``, ``E`` and ``extras``; the plan's sizes use it too)."""
     b, m, E = geo.b, geo.m, geo.E
-    counts, first, last = geo.counts, geo.first, geo.last
     has = counts > 0
     # -- dense query blocks: their key range is barely larger than what they read anyway
     kstart = first * b
@@ -117,17 +170,14 @@ def split_blocks(geo: Geometry, dense: str, band: bool) -> Split:
         kstart = torch.minimum(kstart, geo.extras.min().expand_as(kstart))  # [nbq]
         kend = torch.maximum(kend, (geo.extras.max() + 1).expand_as(kend))  # [nbq]
     own = counts * b + E
-    dense_blk = torch.zeros(geo.nbq, dtype=torch.bool)
+    dense_blk = torch.zeros(counts.shape[0], dtype=torch.bool)
     if dense == "auto":
         dense_blk = has & (counts >= tuning.DENSE_MIN_BLOCKS) & ((kend - kstart) <= tuning.DENSE_RATIO * own)
     # -- band blocks: contiguous key blocks, the same run shifted by one block per query block
-    contiguous = has & (last - first + 1 == counts) & geo.full_rows & ((last + 1) * b <= m)
+    contiguous = has & (last - first + 1 == counts) & full_rows & ((last + 1) * b <= m)
     if not band:
         contiguous[:] = False
-    rel = first - torch.arange(geo.nbq)
-    rowheavy = torch.zeros(geo.nbq, b, dtype=torch.bool)
-    rowheavy[geo.valid] = geo.heavy[geo.qidx[geo.valid]]
-    needed = (geo.valid & ~rowheavy).any(1)  # has a row that is not computed densely anyway
+    rel = first - torch.arange(counts.shape[0])
     dense_blk &= ~in_band_run(contiguous, needed, counts, rel)  # band runs beat dense rows
     return Split(dense=dense_blk, light=~dense_blk & needed, contiguous=contiguous, rel=rel,
                  kstart=kstart, kend=kend)

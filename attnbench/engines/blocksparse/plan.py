@@ -6,6 +6,7 @@ object's ``_cache``.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -112,6 +113,34 @@ class DenseChunk(DeviceCopies):
         return m
 
 
+@dataclass(frozen=True)
+class PlanSizes:
+    """What the cost model reads of a plan: its chunks' shapes, each with how many chunks have
+    it. From a built plan (:meth:`BlockPlan.sizes`) or without one (:func:`.sizes.plan_sizes`)."""
+
+    n: int
+    extras: int  # E extra key columns
+    light: tuple[tuple[int, int, int, bool, int], ...]  # (blocks C, rows rb, cols L, band, chunks)
+    dense: tuple[tuple[int, int, int], ...]  # (rows R, key span kend - kstart, chunks)
+
+    @property
+    def pairs(self) -> int:
+        """(query, key) score pairs computed per batch and head, wasted ones included."""
+        return (sum(c * rb * cols * k for c, rb, cols, _, k in self.light)
+                + sum(r * span * k for r, span, k in self.dense))
+
+    @classmethod
+    def of(cls, n: int, extras: int, light, dense) -> "PlanSizes":
+        """Equal shapes merged (counts added), sorted: equal plans give equal sizes."""
+        lc, dc = Counter(), Counter()
+        for c, rb, cols, band, k in light:
+            lc[(int(c), int(rb), int(cols), bool(band))] += int(k)
+        for r, span, k in dense:
+            dc[(int(r), int(span))] += int(k)
+        return cls(n=int(n), extras=int(extras), light=tuple((*key, k) for key, k in sorted(lc.items()) if k),
+                   dense=tuple((*key, k) for key, k in sorted(dc.items()) if k))
+
+
 @dataclass(eq=False)
 class BlockPlan(DeviceCopies):
     n: int
@@ -141,6 +170,11 @@ class BlockPlan(DeviceCopies):
                 ki = torch.cat([(kh + c.kidx.reshape(1, -1)).reshape(-1) for c in self.light])  # [sum BHkv*C*L]
                 self._cache[key] = (qi.to(device), ki.to(device))
         return self._cache[key]
+
+    def sizes(self) -> PlanSizes:
+        return PlanSizes.of(self.n, self.extras.numel(),
+                            [(c.blocks, c.rows, c.cols, c.band_start is not None, 1) for c in self.light],
+                            [(len(c.qrows), c.kend - c.kstart, 1) for c in self.dense])
 
     def describe(self) -> dict:
         band = [c for c in self.light if c.band_start is not None]
