@@ -90,3 +90,28 @@ def test_a_competing_process_shows_as_wait():
             p.join()
     assert st.wait_share is not None and st.wait_share > cpuwait.DISTURBED_WAIT
     assert st.disturbed > 0
+    # the machine-level measure: the spinners used about cores / (cores + threads) of the machine
+    assert st.other_cpu_share is not None and st.other_cpu_share > cpuwait.OTHER_CPU_LIMIT
+    assert st.noisy  # clean-looking calls or not, a case timed beside a busy process is not clean
+
+
+def test_other_cpu_counts_other_processes_not_this_one():
+    """Known answers: this process spinning is not 'other'; a child spinning on every core is."""
+    mine = cpuwait.OtherCpu().start()
+    _spin(0.4)
+    assert mine.share() < 0.25  # this process's own 0.4 s are subtracted (ticks of others: noise only)
+    cores = os.cpu_count() or 1
+    ctx = mp.get_context("spawn")
+    spinners = [ctx.Process(target=_spin, args=(3.0,)) for _ in range(cores)]
+    for p in spinners:
+        p.start()
+    try:
+        time.sleep(1.0)
+        theirs = cpuwait.OtherCpu().start()
+        time.sleep(0.5)
+        share = theirs.share()
+    finally:
+        for p in spinners:
+            p.terminate()
+            p.join()
+    assert share > 0.6

@@ -18,8 +18,11 @@ check cover those.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 DISTURBED_WAIT = 0.05  # a sample that lost more than 5% of its asked-for CPU time is disturbed
+OTHER_CPU_LIMIT = 0.10  # other processes (and the hypervisor's steal) using more of the machine: noisy
+MIN_TICKS = 3  # ... counted only from this many clock ticks of theirs up (the counters are in ticks)
 _TASKS = "/proc/self/task"
 
 
@@ -52,3 +55,57 @@ def share(wait_delta_ns: int | None, wall_s: float, threads: int) -> float | Non
     if wait_delta_ns is None or wall_s <= 0:
         return None
     return max(0, wait_delta_ns) / (wall_s * 1e9 * max(1, threads))
+
+
+def own_cpu_ns() -> int | None:
+    """CPU time (ns) this process's live threads have run (schedstat's first field)."""
+    total = 0
+    try:
+        tids = os.listdir(_TASKS)
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"{_TASKS}/{tid}/schedstat", "rb") as f:
+                total += int(f.read().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def machine_busy_ticks() -> int | None:
+    """Busy clock ticks of all CPUs since boot: user, nice, system, irq, softirq and steal."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields + [0] * (8 - len(fields))
+    return user + nice + system + irq + softirq + steal
+
+
+@dataclass
+class OtherCpu:
+    """What other processes used of the machine between :meth:`start` and :meth:`share`."""
+    busy0: int | None = None
+    own0: int | None = None
+    t0: float = 0.0
+
+    def start(self) -> "OtherCpu":
+        import time
+
+        self.busy0, self.own0, self.t0 = machine_busy_ticks(), own_cpu_ns(), time.perf_counter()
+        return self
+
+    def share(self) -> float | None:
+        """Other processes' CPU time / (wall time x the machine's CPUs); None: not measurable."""
+        import time
+
+        busy1, own1, wall = machine_busy_ticks(), own_cpu_ns(), time.perf_counter() - self.t0
+        if None in (self.busy0, self.own0, busy1, own1) or wall <= 0:
+            return None
+        tick = 1.0 / os.sysconf("SC_CLK_TCK")
+        other_ticks = (busy1 - self.busy0) - (own1 - self.own0) * 1e-9 / tick
+        if other_ticks < MIN_TICKS:
+            return 0.0
+        return other_ticks * tick / (wall * (os.cpu_count() or 1))

@@ -110,29 +110,37 @@ def _check(case: Case, q, k, v, out, res: dict) -> bool:
 
 def _memory_and_time(case: Case, call, first_ms: float, first_peak: int | None, opts: dict, res: dict) -> None:
     device, warm_ms = case.shape.device, first_ms
+    other = cpuwait.OtherCpu().start() if device == "cpu" else None  # from here on, no compile workers run
     measure_memory = opts.get("memory", True)
     if measure_memory and first_peak is None:
         t0 = time.perf_counter()
         res.update(peak_mem_bytes=memory.peak_bytes(call, device), mem_source="memory_pass")
         warm_ms = (time.perf_counter() - t0) * 1e3
     threads = torch.get_num_threads() if device == "cpu" else None
-    stats = timing.measure(call, device=device, warm_ms=warm_ms, threads=threads, **opts.get("timing", {}))
+    stats = timing.measure(call, device=device, warm_ms=warm_ms, threads=threads, other=other, **opts.get("timing", {}))
     res.update(time_ms_median=stats.median_ms, time_ms_iqr=stats.iqr_ms, time_ms_min=stats.min_ms,
                repeats=stats.repeats, time_ci_rel=stats.ci_rel, timing_stop=stats.stop,
                samples_ms=[round(s, 6) for s in timing.compact_samples(stats.samples_ms)],
-               wait_share=stats.wait_share, disturbed_samples=stats.disturbed,
+               wait_share=stats.wait_share, disturbed_samples=stats.disturbed, other_cpu_share=stats.other_cpu_share,
                noisy=stats.noisy if stats.wait_share is not None else None)
     if stats.noisy:
-        limit = opts.get("timing", {}).get("disturbed_wait", cpuwait.DISTURBED_WAIT)
-        res["reasons"].append(
-            f"noisy: {stats.disturbed} of {stats.repeats} timed calls lost more than {limit:.0%} of their "
-            f"CPU time waiting behind other processes (wait share {stats.wait_share:.0%}); the figures "
-            "include them: rerun on a quiet machine or with fewer threads per worker")
+        res["reasons"].append(_noisy_reason(stats, opts.get("timing", {}).get("disturbed_wait", cpuwait.DISTURBED_WAIT)))
     if measure_memory and first_peak is not None:
         if first_ms <= FIRST_CALL_STEADY * stats.median_ms:
             res.update(peak_mem_bytes=first_peak, mem_source="first_call")
         else:
             res.update(peak_mem_bytes=memory.peak_bytes(call, device), mem_source="memory_pass")
+
+
+def _noisy_reason(stats: timing.TimingStats, limit: float) -> str:
+    """Why a case's figures are not clean, and what to do."""
+    if stats.disturbed and stats.repeats == stats.disturbed:
+        why = (f"{stats.disturbed} of {stats.repeats} timed calls lost more than {limit:.0%} of their CPU time "
+               f"waiting behind other processes (wait share {stats.wait_share:.0%}); the figures include them")
+    else:
+        why = (f"other processes used {stats.other_cpu_share:.0%} of the machine while it was timed "
+               f"(over {cpuwait.OTHER_CPU_LIMIT:.0%})")
+    return f"noisy: {why}: rerun on a quiet machine or with fewer threads per worker"
 
 
 def run_case(case: Case, opts: dict) -> dict[str, Any]:

@@ -38,7 +38,8 @@ class TimingStats:
     samples_ms: list[float] = field(repr=False)
     disturbed: int = 0  # samples set aside: the worker waited for a CPU (cpuwait)
     wait_share: float | None = None  # run-queue wait / asked-for CPU time over every sample
-    noisy: bool = False  # too few clean samples: the figures come from disturbed ones too
+    noisy: bool = False  # too few clean samples, or other processes busy on the machine meanwhile
+    other_cpu_share: float | None = None  # other processes' share of the machine while timed (cpuwait.OtherCpu)
 
 
 MAX_STORED_SAMPLES = 256
@@ -145,6 +146,7 @@ def measure(
     threads: int | None = None,
     disturbed_wait: float = cpuwait.DISTURBED_WAIT,
     retry_budget: float = RETRY_BUDGET,
+    other: cpuwait.OtherCpu | None = None,
 ) -> TimingStats:
     """Warm up for ``warmup_s`` (at least one call), then time repeats until a stopping rule holds.
 
@@ -156,8 +158,14 @@ def measure(
     share and one above ``disturbed_wait`` is set aside and re-measured. The rules count clean
     samples only; after ``retry_budget`` x the budget more (and at least ``min_repeats``
     disturbed calls) a case still short of ``min_repeats`` clean samples stops, its figures from
-    every sample and flagged ``noisy`` (stop ``disturbed``).
+    every sample and flagged ``noisy`` (stop ``disturbed``). A case during whose timing other
+    processes used more than ``cpuwait.OTHER_CPU_LIMIT`` of the machine is ``noisy`` too: load
+    on other cores slows calls that never waited (caches, bandwidth, wake-ups). ``other``: that
+    measurement started by the caller (so that it spans the memory pass too), else started
+    here before the warm-up.
     """
+    if threads and other is None:
+        other = cpuwait.OtherCpu().start()
     if warm_ms / 1e3 < warmup_s:
         t_end = time.perf_counter() + warmup_s
         while True:
@@ -169,7 +177,10 @@ def measure(
         s.add(*_timed(fn, device, threads), disturbed_wait)
         stop = _stop_rule(s, budget_s, min_repeats, max_repeats, settle_rel, ci_min, retry_budget)
         if stop:
-            return s.stats(stop, min_repeats)
+            st = s.stats(stop, min_repeats)
+            st.other_cpu_share = other.share() if other is not None else None
+            st.noisy = st.noisy or (st.other_cpu_share or 0.0) > cpuwait.OTHER_CPU_LIMIT
+            return st
 
 
 def _stop_rule(s: _Samples, budget_s: float, min_repeats: int, max_repeats: int, settle_rel: float,
