@@ -260,3 +260,33 @@ def test_ctrl_c_stops_at_once_kills_the_worker_and_says_how_to_resume(run_copy, 
     while _alive(worker) and time.monotonic() < t_end:
         time.sleep(0.02)
     assert not _alive(worker), "the worker outlived Ctrl-C"
+
+
+def test_ctrl_c_seen_while_waiting_on_the_worker_whatever_thread_gets_it():
+    """Linux hands a process's SIGINT to any of its threads. One that lands on a helper thread
+    (rich's refresh thread in ``run``) must still stop the wait on the worker at once, not when
+    the case's timeout ends the select (found in CI: a Ctrl-C ignored for the whole timeout)."""
+    import threading
+
+    from attnbench.case import Case, Shape
+    from attnbench.catalog import get, load_plugin
+    from attnbench.harness.isolate import Worker
+
+    load_plugin(str(TRUST))
+    case = Case.make(get("test@hang"), Shape(batch=1, heads=1, kv_heads=1, seq_len=8, kv_len=8, head_dim=8,
+                                             dtype="float32", device="cpu", causal=False, mode="fwd"), {})
+    bystander = threading.Thread(target=time.sleep, args=(60,), daemon=True)
+    bystander.start()
+    sent = []
+
+    def interrupt_the_bystander():
+        time.sleep(1.0)
+        sent.append(time.monotonic())
+        signal.pthread_kill(bystander.ident, signal.SIGINT)
+
+    with Worker(threads=1, plugins=(str(TRUST),)) as w:  # started and ready: the signal comes during the case
+        threading.Thread(target=interrupt_the_bystander, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            w.request({"op": "case", "case": case.to_json(), "opts": {}}, 60)
+        seen = time.monotonic()
+    assert sent and seen - sent[0] < 1.0, f"Ctrl-C seen {seen - sent[0]:.2f} s after it was sent"

@@ -23,6 +23,7 @@ from typing import Any
 from attnbench.harness.env import inductor_cache_dir
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+POLL_S = 0.1  # the longest a wait on the worker goes without looking at pending signals
 
 
 class WorkerDied(Exception):
@@ -80,7 +81,9 @@ class Worker:
             if left <= 0:
                 self.kill()
                 raise WorkerDied("timeout", [f"exceeded the wall-clock limit of {timeout:g} s; worker killed"])
-            ready, _, _ = select.select([self._r], [], [], left)
+            # slices of POLL_S: a Ctrl-C delivered to another thread of this process (rich's
+            # refresh thread) does not interrupt this select; the main thread sees it on return
+            ready, _, _ = select.select([self._r], [], [], min(left, POLL_S))
             if not ready:
                 continue
             chunk = os.read(self._r, 1 << 20)
