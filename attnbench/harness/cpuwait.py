@@ -36,6 +36,11 @@ def available() -> bool:
 
 def wait_ns() -> int | None:
     """Run-queue wait (ns) summed over this process's live threads; None without schedstat."""
+    return _schedstat_sum(1)
+
+
+def _schedstat_sum(field: int) -> int | None:
+    """One field of ``schedstat`` (0: time on a CPU, 1: run-queue wait; ns) summed over threads."""
     total = 0
     try:
         tids = os.listdir(_TASKS)
@@ -44,7 +49,7 @@ def wait_ns() -> int | None:
     for tid in tids:
         try:
             with open(f"{_TASKS}/{tid}/schedstat", "rb") as f:
-                total += int(f.read().split()[1])
+                total += int(f.read().split()[field])
         except (OSError, IndexError, ValueError):
             continue  # a thread that ended between listdir and open
     return total
@@ -59,18 +64,7 @@ def share(wait_delta_ns: int | None, wall_s: float, threads: int) -> float | Non
 
 def own_cpu_ns() -> int | None:
     """CPU time (ns) this process's live threads have run (schedstat's first field)."""
-    total = 0
-    try:
-        tids = os.listdir(_TASKS)
-    except OSError:
-        return None
-    for tid in tids:
-        try:
-            with open(f"{_TASKS}/{tid}/schedstat", "rb") as f:
-                total += int(f.read().split()[0])
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
+    return _schedstat_sum(0)
 
 
 def machine_busy_ticks() -> int | None:
