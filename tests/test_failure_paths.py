@@ -234,7 +234,10 @@ def test_ctrl_c_stops_at_once_kills_the_worker_and_says_how_to_resume(run_copy, 
     env = dict(os.environ, ATTNBENCH_TEST_HANG_MARK=str(mark))
     cmd = [sys.executable, "-m", "attnbench", "run", "--out", str(run_copy), "--extend", "--plugin", str(TRUST),
            "--variants", "test@hang", "--seq-lens", "32"]
-    proc = subprocess.Popen(cmd, cwd=run_copy.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell's background job inherits SIGINT ignored (and Python then keeps ignoring it): give
+    # the run the default disposition, as a terminal's foreground job has
+    proc = subprocess.Popen(cmd, cwd=run_copy.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -284,9 +287,13 @@ def test_ctrl_c_seen_while_waiting_on_the_worker_whatever_thread_gets_it():
         sent.append(time.monotonic())
         signal.pthread_kill(bystander.ident, signal.SIGINT)
 
-    with Worker(threads=1, plugins=(str(TRUST),)) as w:  # started and ready: the signal comes during the case
-        threading.Thread(target=interrupt_the_bystander, daemon=True).start()
-        with pytest.raises(KeyboardInterrupt):
-            w.request({"op": "case", "case": case.to_json(), "opts": {}}, 60)
-        seen = time.monotonic()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # pytest may run with SIGINT ignored
+    try:
+        with Worker(threads=1, plugins=(str(TRUST),)) as w:  # started and ready: the signal comes during the case
+            threading.Thread(target=interrupt_the_bystander, daemon=True).start()
+            with pytest.raises(KeyboardInterrupt):
+                w.request({"op": "case", "case": case.to_json(), "opts": {}}, 60)
+            seen = time.monotonic()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert sent and seen - sent[0] < 1.0, f"Ctrl-C seen {seen - sent[0]:.2f} s after it was sent"

@@ -174,8 +174,9 @@ def test_sweep_statuses(sweep):
 def test_sweep_reasons(sweep):
     got = by_key(sweep["rows"])
     for r in got.values():
-        if r["status"] == "ok":
-            assert r["reasons"] == []
+        if r["status"] == "ok":  # no reasons, unless other load on the machine flagged the case noisy
+            assert [x for x in r["reasons"] if not x.startswith("noisy: ")] == []
+            assert bool(r["reasons"]) == bool(r["noisy"])
         else:
             assert r["reasons"] and all(isinstance(x, str) and x.strip() for x in r["reasons"]), r
 
