@@ -344,8 +344,8 @@ class Runner:
         noisy = sum(bool(r.get("noisy")) for r in rows)
         if noisy:
             self.stdout.print(plain(
-                f"{noisy} of {sum(r.get('status') == 'ok' for r in rows)} timed cases are noisy (their worker waited "
-                f"for a CPU behind other processes; figures flagged, not clean): rerun them on a quiet machine or "
+                f"{noisy} of {sum(r.get('status') == 'ok' for r in rows)} timed cases are noisy (other processes took "
+                f"CPU from their worker or the machine; figures flagged, not clean): rerun them on a quiet machine or "
                 f"with fewer threads per worker"), style="yellow")
         self.stdout.print(plain(f"{new_rows} new rows ({len(rows)} in all) in {time.time() - t0:.0f} s -> "
                                 f"{jsonl} and {self.out / 'results.parquet'}"), style="bold")

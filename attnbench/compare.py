@@ -369,8 +369,8 @@ def _disturbance(name: str, info: dict, rows: list[dict]) -> list[str]:
     measured = [r for r in rows if r.get("status") == "ok" and r.get("noisy") is not None]
     noisy = sum(bool(r.get("noisy")) for r in measured)
     if noisy:
-        out.append(f"{name} was disturbed: {noisy} of {len(measured)} timed cases noisy (their worker "
-                   "waited for a CPU)")
+        out.append(f"{name} was disturbed: {noisy} of {len(measured)} timed cases noisy (other processes "
+                   "took CPU from their worker or the machine)")
     if not measured and any(r.get("status") == "ok" for r in rows):
         out.append(f"{name} predates disturbance detection (schema < 3): a loaded machine there is not flagged")
     return out

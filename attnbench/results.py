@@ -87,7 +87,6 @@ class ResultsWriter:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.rows = 0  # appended by this writer
         try:
             self._f = open(self.path, "a", encoding="utf-8")
         except OSError as e:
@@ -102,7 +101,6 @@ class ResultsWriter:
         except OSError as e:
             self.close()  # a torn line, if any, is cut off by the next resume (``repair``)
             raise StoreError(f"{self.path}: cannot append a row ({e.strerror})") from None
-        self.rows += 1
 
     def close(self) -> None:
         try:

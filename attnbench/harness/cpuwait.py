@@ -18,6 +18,7 @@ check cover those.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 DISTURBED_WAIT = 0.05  # a sample that lost more than 5% of its asked-for CPU time is disturbed
@@ -86,15 +87,11 @@ class OtherCpu:
     t0: float = 0.0
 
     def start(self) -> "OtherCpu":
-        import time
-
         self.busy0, self.own0, self.t0 = machine_busy_ticks(), own_cpu_ns(), time.perf_counter()
         return self
 
     def share(self) -> float | None:
         """Other processes' CPU time / (wall time x the machine's CPUs); None: not measurable."""
-        import time
-
         busy1, own1, wall = machine_busy_ticks(), own_cpu_ns(), time.perf_counter() - self.t0
         if None in (self.busy0, self.own0, busy1, own1) or wall <= 0:
             return None

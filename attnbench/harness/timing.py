@@ -122,13 +122,15 @@ class _Samples:
             self.wait_s += share * ms / 1e3
         (self.disturbed if share is not None and share > limit else self.clean).append(ms)
 
-    def stats(self, stop: str, min_clean: int) -> TimingStats:
-        """Clean samples when there are ``min_clean`` of them; else every sample, flagged noisy."""
-        noisy = len(self.clean) < min_clean and bool(self.disturbed)
-        st = summarize(self.clean + self.disturbed if noisy else self.clean, stop)
+    def stats(self, stop: str, min_clean: int, other_share: float | None) -> TimingStats:
+        """Clean samples when there are ``min_clean`` of them; else every sample, flagged noisy.
+        Noisy as well when other processes used over ``cpuwait.OTHER_CPU_LIMIT`` of the machine."""
+        short = len(self.clean) < min_clean and bool(self.disturbed)
+        st = summarize(self.clean + self.disturbed if short else self.clean, stop)
         st.disturbed = len(self.disturbed)
         st.wait_share = self.wait_s / self.wall_s if self.measured_wait and self.wall_s > 0 else None
-        st.noisy = noisy
+        st.other_cpu_share = other_share
+        st.noisy = short or (other_share or 0.0) > cpuwait.OTHER_CPU_LIMIT
         return st
 
 
@@ -177,10 +179,7 @@ def measure(
         s.add(*_timed(fn, device, threads), disturbed_wait)
         stop = _stop_rule(s, budget_s, min_repeats, max_repeats, settle_rel, ci_min, retry_budget)
         if stop:
-            st = s.stats(stop, min_repeats)
-            st.other_cpu_share = other.share() if other is not None else None
-            st.noisy = st.noisy or (st.other_cpu_share or 0.0) > cpuwait.OTHER_CPU_LIMIT
-            return st
+            return s.stats(stop, min_repeats, other.share() if other is not None else None)
 
 
 def _stop_rule(s: _Samples, budget_s: float, min_repeats: int, max_repeats: int, settle_rel: float,
