@@ -1,4 +1,5 @@
-"""``python -m attnbench``: one CLI, one subcommand per job (list, run, check, report, compare).
+"""``python -m attnbench``: one CLI, one subcommand per job (list, run, check, train, data, report,
+compare).
 
 Results and tables go to stdout, progress and logs to stderr. Every failure is one line on
 stderr naming the value or path and what to do: exit 2 for bad input (nothing is written), 1
@@ -53,7 +54,10 @@ EXAMPLES = {
 
 
 def examples(cmd: str) -> str:
-    return "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[cmd])
+    from attnbench.train.command import DATA_EXAMPLES, TRAIN_EXAMPLES
+
+    lines = {**EXAMPLES, "train": TRAIN_EXAMPLES, "data": DATA_EXAMPLES}[cmd]
+    return "examples:\n" + "\n".join(f"  {e}" for e in lines)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -123,6 +127,7 @@ def build_parser() -> Parser:
     from attnbench import __version__
     from attnbench.compare import add_arguments as compare_arguments
     from attnbench.report.build import add_arguments as report_arguments
+    from attnbench.train.command import add_data_arguments, add_train_arguments
 
     ap = Parser(prog="attnbench", description="Benchmark and analysis suite for efficient attention.",
                 epilog=examples("attnbench"), formatter_class=HelpFormatter)
@@ -143,6 +148,9 @@ def build_parser() -> Parser:
     p.add_argument("--dtype", action="append", help="dtypes to check, repeatable (default: float32 and float64 on CPU)")
     p.add_argument("--quick", action="store_true", help="a smaller grid of shapes")
     p.add_argument("--no-grad", action="store_true", help="outputs only")
+    add_train_arguments(_sub(sub, "train", "accuracy: train variants inside a task's model skeleton, one isolated "
+                                           "job per (task, variant, seed)"))
+    add_data_arguments(_sub(sub, "data", "write a task's generated splits in its release format"))
     report_arguments(_sub(sub, "report", "tables (Markdown, LaTeX, CSV) and figures from stored results; "
                                          "never re-measures"))
     compare_arguments(_sub(sub, "compare", "regression verdicts between two runs: slower beyond a threshold, "
@@ -383,7 +391,20 @@ def cmd_compare(args) -> int:
     return compare_main(args)  # 0 same, 1 regressed or broken; bad input: one line on stderr, 2
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "check": cmd_check, "report": cmd_report, "compare": cmd_compare}
+def cmd_train(args) -> int:
+    from attnbench.train.command import cmd_train as train
+
+    return train(args)
+
+
+def cmd_data(args) -> int:
+    from attnbench.train.command import cmd_data as data
+
+    return data(args)
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "check": cmd_check, "train": cmd_train, "data": cmd_data,
+            "report": cmd_report, "compare": cmd_compare}
 
 
 def load_plugin(path: str) -> None:
@@ -397,9 +418,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     args, extra = build_parser().parse_known_args(argv)
     overrides = [e for e in extra if "=" in e and not e.startswith("-")]
     rest = [e for e in extra if e not in overrides]
-    if rest or (overrides and args.cmd != "run"):
+    if rest or (overrides and args.cmd not in ("run", "train")):
         raise UsageError(f"{args.cmd}: unrecognized arguments: {' '.join(rest or overrides)}")
-    if args.cmd == "run":
+    if args.cmd in ("run", "train"):
         args.overrides = [*args.overrides, *overrides]
     args.argv = argv
     return args
@@ -412,8 +433,12 @@ def _failure(e: BaseException) -> tuple[int, str]:
     from attnbench.params import ParamError
     from attnbench.registry import UnknownVariant
     from attnbench.results import StoreError
+    from attnbench.train.command import TrainUsageError
+    from attnbench.train.tasks import TaskError
+    from attnbench.data.base import DataError
 
-    if isinstance(e, (UsageError, ConfigError, UnknownVariant, ParamError, PluginError)):
+    if isinstance(e, (UsageError, ConfigError, UnknownVariant, ParamError, PluginError, TaskError, TrainUsageError,
+                      DataError)):
         return EXIT_USAGE, f"error: {e}"
     bench = sys.modules.get("attnbench.bench")  # only a run can be interrupted with a resume line
     if isinstance(e, KeyboardInterrupt) or (bench is not None and isinstance(e, bench.Interrupted)):

@@ -87,6 +87,13 @@ class VariantSpec:
     decode_state: Callable[..., Any] | None = None
     default: bool = False  # the kernel that the bare pattern name means
     source: str = "builtin"  # builtin | plugin file | entry point
+    # The variant brings its own relative positions (Swin's bias table, XL's relative terms): a
+    # model skeleton then adds no absolute positions unless its config asks for both.
+    relative_positions: bool = False
+    # The variant's own learned tensors: ``learned(heads, head_dim, params) -> {name: initial
+    # value}``; a model registers them as parameters, passes them to ``forward`` as keywords of
+    # those names and counts them (XL's u, v_bias, W_r). None: the kernel learns nothing.
+    learned: Callable[[int, int, Mapping[str, Any]], dict[str, Any]] | None = None
 
     @property
     def pattern(self) -> str:
@@ -173,6 +180,8 @@ class VariantSpec:
             "own_reference": self.reference_fn is not None,
             "running_state_decode": self.decode_state is not None,
             "predicts_memory": self.memory_fn is not None,
+            "relative_positions": self.relative_positions,
+            "learned": self.learned is not None,
         }
 
 

@@ -131,16 +131,17 @@ def upgrade(row: dict[str, Any], defaults: dict[str, dict] | None = None) -> dic
     return out
 
 
-def to_parquet(rows: Iterable[dict[str, Any]], path: Path) -> Path:
-    """Typed columns (lists as lists, ``params`` as JSON text) in ``path``; returns it."""
+def to_parquet(rows: Iterable[dict[str, Any]], path: Path, fields: tuple[Field, ...] = FIELDS) -> Path:
+    """Typed columns (lists as lists, ``params`` as JSON text) in ``path``; returns it. ``fields``:
+    the row table (kernel rows by default; ``attnbench.train.schema.FIELDS`` for training rows)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     types = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
              "json": pa.string(), "list[str]": pa.list_(pa.string()), "list[float]": pa.list_(pa.float64())}
-    schema = pa.schema([pa.field(f.name, types[f.type]) for f in FIELDS])
+    schema = pa.schema([pa.field(f.name, types[f.type]) for f in fields])
     rows = list(rows)
-    cols = {f.name: [_cell(r.get(f.name), f.type) for r in rows] for f in FIELDS}
+    cols = {f.name: [_cell(r.get(f.name), f.type) for r in rows] for f in fields}
     table = pa.table(cols, schema=schema)
     tmp = Path(path).with_suffix(".parquet.tmp")
     pq.write_table(table, tmp)

@@ -15,8 +15,9 @@ STATUSES: dict[str, tuple[str, str]] = {
     "incorrect": ("wrong", "output did not match the reference (status incorrect)"),
     "unsupported": ("n/a", "unsupported for this device, dtype or shape (reasons in results.jsonl)"),
     "skipped": ("skip", "not attempted: predicted over the memory budget, or larger than an n that already failed"),
+    "diverged": ("div", "training stopped: the loss became NaN or infinite, or exploded"),
 }
-FAILED = ("oom", "timeout", "crash", "error", "incorrect")  # ran and did not give a number
+FAILED = ("oom", "timeout", "crash", "error", "incorrect", "diverged")  # ran and did not give a number
 VARIANT_FAILED = (*FAILED, "skipped")  # no number for the variant at this n (vs a baseline that has one)
 NOT_RUN = ("unsupported", "skipped")  # never attempted, by design or by rule
 STOPS_LARGER = ("oom", "timeout", "crash")  # after these at some n, larger n of the variant are skipped

@@ -62,7 +62,7 @@ def test_unknown_variant_is_a_key_error():
         get("nope@nothing")
 
 
-@pytest.mark.parametrize("pattern, default", [("full", "full@naive"), ("mqa", "mqa@sdpa"), ("gqa", "gqa@sdpa")])
+@pytest.mark.parametrize("pattern, default", [("full", "full@sdpa"), ("mqa", "mqa@sdpa"), ("gqa", "gqa@sdpa")])
 def test_bare_pattern_resolves_to_default_kernel(pattern, default):
     spec = get(pattern)
     assert spec.name == default

@@ -299,3 +299,61 @@ def test_state_forms():
     torch.testing.assert_close(rest, whole[:, :, 16:], rtol=0, atol=1e-13)
     with pytest.raises(ValueError, match="state tensors must be"):
         _run(q, k, v, segment_len=L, mem_len=P, state=(k[:, :1], v[:, :1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Learned u, v_bias, W_r (a model's own tensors, the spec's ``learned``)
+# ---------------------------------------------------------------------------------------------
+def _learned(heads=4, d=16, d_pos=None, seed=3):
+    """Tensors unlike the seed's stand-ins (another seed, scaled), float64, requiring grad."""
+    t = xl.xl_learned(heads, d, {"seed": seed, "d_pos": d_pos})
+    return {k: (2.0 * x).requires_grad_(True) for k, x in t.items()}
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("n,L,P,hkv", [(37, 8, 5, 2), (23, 7, 12, 4), (9, 4, 0, 1)])
+def test_learned_tensors_kernel_equals_reference_with_gradients(n, L, P, hkv, with_state):
+    """Outputs and gradients w.r.t. q, k, v, u, v_bias, w_r: segmented kernel == dense definition,
+    float64, causal, sizes off the segment grid, with and without a memory from ``state``."""
+    q, k, v = _qkv(n, hkv=hkv, grad=True)
+    own = _learned(d_pos=24)
+    kf, vf, state = k, v, None
+    if with_state:  # a memory of S keys (a multiple of L, so the reference's segments align)
+        S = L * max(1, -(-P // L))
+        _, mk, mv = _qkv(S, hkv=hkv, seed=5)
+        state, kf, vf = (mk, mv), torch.cat([mk, k], 2), torch.cat([mv, v], 2)
+    out = _run(q, k, v, segment_len=L, mem_len=P, d_pos=24, state=state, **own).out
+    ref = xl.xl_reference(q, kf, vf, causal=True, segment_len=L, mem_len=P, d_pos=24, **own)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(out)
+    leaves = (q, k, v, *own.values())
+    got = torch.autograd.grad(out, leaves, g)
+    want = torch.autograd.grad(ref, leaves, g)
+    for name, a, b in zip(("q", "k", "v", *own), got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11, msg=lambda m, name=name: f"d{name}: {m}")
+    assert all(x.abs().sum() > 0 for x in got[3:])  # gradients do reach u, v_bias, W_r
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_seed_tensors_given_reproduce_the_seed_path(grad):
+    """Passing the seed's own u, v_bias, W_r (the spec's ``learned`` values) gives exactly the
+    cached stand-ins' output, on the autograd path and on the buffered inference path."""
+    q, k, v = _qkv(29, hkv=2, grad=grad)
+    params = SPEC.resolve_params(dict(segment_len=8, mem_len=6))
+    own = SPEC.learned(4, 16, params)
+    with torch.set_grad_enabled(grad):
+        seeded = _run(q, k, v, **params).out
+        given = _run(q, k, v, **params, **own).out
+    assert torch.equal(seeded, given)
+    ref = xl.xl_reference(q, k, v, causal=True, **params, **own)
+    torch.testing.assert_close(ref, xl.xl_reference(q, k, v, causal=True, **params), rtol=0, atol=0)
+
+
+def test_learned_spec_fields_and_bad_shapes():
+    assert SPEC.relative_positions and SPEC.learned is xl.xl_learned
+    own = SPEC.learned(4, 16, SPEC.resolve_params({"d_pos": 8}))
+    assert {k: tuple(t.shape) for k, t in own.items()} == {"u": (4, 16), "v_bias": (4, 16), "w_r": (4, 8, 16)}
+    assert own["u"].data_ptr() != xl.xl_parameters(4, 16)[0].data_ptr()  # a copy, not the cache
+    q, k, v = _qkv(8)
+    with pytest.raises(ValueError, match=r"w_r must be \[4, 64, 16\]"):
+        _run(q, k, v, w_r=own["w_r"])

@@ -19,7 +19,6 @@ from attnbench.registry import AttnOutput, register
     doc="materialized softmax(QK^T/sqrt(d))V; the dense reference, returns weights",
     returns_weights=True,
     memory_fn=materialized_bytes,
-    default=True,
     paper="Vaswani et al. 2017, Attention Is All You Need",
 )
 def full_naive(q, k, v, *, causal=False, state=None, need_weights=False) -> AttnOutput:

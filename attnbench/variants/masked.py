@@ -147,6 +147,7 @@ def pattern_kernel_fields(p: Pattern) -> dict:
     """What every kernel of pattern ``p`` declares alike (family, params, reference, costs)."""
     return dict(family=p.family, exact=True, params=dict(p.params), reference=p.name, causal=p.causal,
                 paper=p.paper, cross=not p.grid,
+                relative_positions=p.make_bias is not None,  # a relative-position bias (Swin's table)
                 flops_fn=lambda shape, params, _p=p: pattern_flops(_p, shape, params))
 
 

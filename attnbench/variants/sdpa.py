@@ -76,7 +76,8 @@ add(VariantSpec(
     name="full@sdpa", forward=sdpa_forward, family="dense", exact=True,
     time="O(n^2 d)", memory="O(n d)",
     doc="torch scaled_dot_product_attention, backend chosen by PyTorch",
-    memory_fn=fused_bytes, paper="Dao et al. 2022, FlashAttention (CPU/CUDA fused kernels)",
+    memory_fn=fused_bytes, default=True,  # what `full` means: the fused kernel users reach for (and train with)
+    paper="Dao et al. 2022, FlashAttention (CPU/CUDA fused kernels)",
 ))
 add(VariantSpec(
     name="full@math", forward=_pinned(_B.MATH), family="dense", exact=True,

@@ -12,9 +12,11 @@ code)
 
 where R_d is the sinusoidal encoding of the distance d = i - j (dimension ``d_pos``, default the
 model width H D, laid out [sin | cos] as in the official code), W_r [H, d_pos, D] a per-head
-projection, u and v_bias [H, D] per-head biases. These three are stand-ins for learned
-parameters, drawn deterministically from ``seed`` (u, v_bias = 0.1 randn; W_r = randn /
-sqrt(d_pos)) and fixed per (H, D, d_pos, seed).
+projection, u and v_bias [H, D] per-head biases. By default these three are stand-ins for
+learned parameters, drawn deterministically from ``seed`` (u, v_bias = 0.1 randn; W_r = randn /
+sqrt(d_pos)) and fixed per (H, D, d_pos, seed), their W_r R table cached (the benchmark path). A
+model passes its own learned tensors instead (``u=``, ``v_bias=``, ``w_r=``, the spec's
+``learned``): gradients then flow into them, and the W_r R table is computed per call.
 
 Memory carries no gradient (the paper's stop-gradient SG(.)): the scores and outputs of a
 segment depend on earlier segments' keys and values only through detached copies. The
@@ -129,6 +131,28 @@ def xl_parameters(heads: int, head_dim: int, *, seed: int = 0, d_pos: int | None
     """The stand-in learned parameters: (u [H, D], v_bias [H, D], W_r [H, d_pos, D])."""
     dp = heads * head_dim if d_pos is None else int(d_pos)
     return tuple(t.to(dtype=dtype, device=device) for t in _params64(heads, head_dim, dp, int(seed)))
+
+
+def xl_learned(heads: int, head_dim: int, params) -> dict[str, torch.Tensor]:
+    """The spec's ``learned``: initial values of a model's own u, v_bias [H, D] and W_r
+    [H, d_pos, D], the seed's stand-ins (fresh float64 copies; the cache is never handed out)."""
+    u, vb, wr = xl_parameters(heads, head_dim, seed=int(params["seed"]), d_pos=params["d_pos"])
+    return {"u": u.clone(), "v_bias": vb.clone(), "w_r": wr.clone()}
+
+
+def _given(u, v_bias, w_r, heads: int, head_dim: int, d_pos: int) -> None:
+    """Given learned tensors must have the shapes the case implies (ValueError otherwise)."""
+    want = {"u": (heads, head_dim), "v_bias": (heads, head_dim), "w_r": (heads, d_pos, head_dim)}
+    for name, t in (("u", u), ("v_bias", v_bias), ("w_r", w_r)):
+        if t is not None and tuple(t.shape) != want[name]:
+            raise ValueError(f"{name} must be {list(want[name])} (H, {'d_pos, ' if name == 'w_r' else ''}D), "
+                             f"got {list(t.shape)}")
+
+
+def _rk_desc(w_r: torch.Tensor, d_pos: int, nd: int, dtype) -> torch.Tensor:
+    """:func:`_rk_desc64` from a given (learned) W_r, per call and differentiable: [H, nd, D]."""
+    r = sinusoid(torch.arange(nd - 1, -1, -1), d_pos).to(device=w_r.device, dtype=w_r.dtype)  # [nd, d_pos]
+    return torch.einsum("tp,hpd->htd", r, w_r).to(dtype)  # [H, nd, D]
 
 
 def sinusoid(dist: torch.Tensor, d_pos: int) -> torch.Tensor:
@@ -480,13 +504,14 @@ def _state_out(mk, mv, k, v, mem_len: int) -> XLMemory:
 
 def xl_segment(q, k, v, *, causal=True, state=None, need_weights=False,
                segment_len=DEFAULTS["segment_len"], mem_len=DEFAULTS["mem_len"], seed=DEFAULTS["seed"],
-               d_pos=DEFAULTS["d_pos"]) -> AttnOutput:
+               d_pos=DEFAULTS["d_pos"], u=None, v_bias=None, w_r=None) -> AttnOutput:
     """Transformer-XL attention over the sequence in segments with memory.
 
     q [B, H, N, D], k/v [B, Hkv, M, D] (N <= M; query i at key position i + M - N), H a
     multiple of Hkv. ``state``: an :class:`XLMemory` (or (k, v) pair) from the previous call,
     the memory before key 0. Returns AttnOutput(out [B, H, N, D], state=XLMemory of the last
-    ``mem_len`` keys/values, detached).
+    ``mem_len`` keys/values, detached). ``u``, ``v_bias`` [H, D], ``w_r`` [H, d_pos, D]: a
+    model's learned tensors, replacing the seed's stand-ins (gradients reach them).
 
     Time O(N (L + P) D), memory O(N (L + P)) with autograd; without, O(N D) plus one chunk of
     scores per K/V head (CHUNK_BYTES). No N x N tensor is formed.
@@ -508,11 +533,15 @@ def xl_segment(q, k, v, *, causal=True, state=None, need_weights=False,
     if not chunks or B * H == 0:
         return AttnOutput(out=q.new_zeros(q.shape), state=new_state)
     nd = max(ch.width for ch in chunks) + 1  # one distance more: the shift's free pad column
-    u, vb, rk = _consts(H, D, dp, int(seed), nd, q.dtype, str(q.device))
+    _given(u, v_bias, w_r, H, D, dp)
+    u0, vb0, rk = _consts(H, D, dp, int(seed), nd, q.dtype, str(q.device))
+    u = u0 if u is None else u.to(q.dtype)
+    vb = vb0 if v_bias is None else v_bias.to(q.dtype)
+    rk = rk if w_r is None else _rk_desc(w_r, dp, nd, q.dtype)
     q5 = q.view(B, Hkv, G, N, D)
     scale = 1.0 / math.sqrt(D)
     off = M - N
-    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, u, vb, rk))
     if not grad:
         out = _forward_buffered(q5, k, v, mk, mv, chunks, L, off, u, vb, rk, scale, q.new_empty(B, H, N, D))
         return AttnOutput(out=out, state=new_state)
@@ -526,7 +555,8 @@ def xl_segment(q, k, v, *, causal=True, state=None, need_weights=False,
 # Dense reference: straight from the formula, [N, M] scores
 # ---------------------------------------------------------------------------------------------
 def xl_reference(q, k, v, *, causal=True, rows=None, segment_len=DEFAULTS["segment_len"],
-                 mem_len=DEFAULTS["mem_len"], seed=DEFAULTS["seed"], d_pos=DEFAULTS["d_pos"], **_) -> torch.Tensor:
+                 mem_len=DEFAULTS["mem_len"], seed=DEFAULTS["seed"], d_pos=DEFAULTS["d_pos"],
+                 u=None, v_bias=None, w_r=None, **_) -> torch.Tensor:
     """The definition, dense: out [B, H, R, D] for query ``rows`` (all by default).
 
     Query i at t = i + M - N, in segment s = t // L, may read key j iff j <= t and
@@ -534,7 +564,8 @@ def xl_reference(q, k, v, *, causal=True, rows=None, segment_len=DEFAULTS["segme
     with the position term looked up by distance (a gather, no shift trick). Keys j < s L are
     memory for that query: its scores and outputs use detached copies of k_j and v_j (values
     equal, no gradient), so outputs and gradients equal the segment-by-segment kernel.
-    Time and memory O(R M D) with [R, M] scores.
+    Time and memory O(R M D) with [R, M] scores. ``u``, ``v_bias``, ``w_r``: given (learned)
+    tensors replacing the seed's, as in :func:`xl_segment`.
     """
     if not causal:
         raise Unsupported(CAUSAL_ONLY)
@@ -550,10 +581,14 @@ def xl_reference(q, k, v, *, causal=True, rows=None, segment_len=DEFAULTS["segme
     dist = t[:, None] - j[None, :]  # [R, M]
     allowed = (dist >= 0) & (j[None, :] >= seg_start[:, None] - P)
     is_mem = j[None, :] < seg_start[:, None]
-    u, vb, wr = xl_parameters(H, D, seed=int(seed), d_pos=dp, dtype=torch.float64, device=dev)
+    _given(u, v_bias, w_r, H, D, dp)
+    u0, vb0, wr0 = xl_parameters(H, D, seed=int(seed), d_pos=dp, dtype=torch.float64, device=dev)
+    wr = wr0 if w_r is None else w_r
     nd = max(1, min(M, L + P))  # every allowed distance is below L + P (and below M)
-    rk = torch.einsum("tp,hpd->htd", sinusoid(torch.arange(nd, device=dev), dp), wr).to(dt)  # [H, nd, D]
-    u, vb = u.to(dt), vb.to(dt)
+    r = sinusoid(torch.arange(nd), dp).to(device=dev, dtype=wr.dtype)  # [nd, d_pos]
+    rk = torch.einsum("tp,hpd->htd", r, wr).to(dt)  # [H, nd, D]
+    u = (u0 if u is None else u).to(dt)
+    vb = (vb0 if v_bias is None else v_bias).to(dt)
     qs = q[:, :, i]
     kk, vv = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)  # [B, H, M, D]
     qu = qs + u[None, :, None, :]
@@ -632,7 +667,7 @@ SPEC = add(VariantSpec(
             "mem_len": P.integer(DEFAULTS["mem_len"], minimum=0, doc="memory P: keys kept from earlier segments"),
             "seed": P.integer(DEFAULTS["seed"], minimum=0, doc="seed of u, v_bias, W_r"),
             "d_pos": P.integer(DEFAULTS["d_pos"], minimum=1, optional="H D", doc="relative encoding width")},
-    default=True,
+    default=True, relative_positions=True, learned=xl_learned,
     reference_fn=xl_reference, extra_reasons=_xl_reasons,
     flops_fn=xl_flops, memory_fn=xl_memory,
     doc=("Transformer-XL: segments of segment_len keys attend causally to [last mem_len keys "

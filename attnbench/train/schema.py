@@ -1,0 +1,85 @@
+"""One definition of a training row: every field of a (task, variant, seed) job, its meaning.
+
+Training rows live in the same store as kernel rows (``results.jsonl`` appended one complete
+line per job, ``results.parquet`` at the end, ``run.json`` beside them) and use the same
+statuses (``attnbench.vocab.STATUSES``; ``diverged`` is training's own). A training run's
+``run.json`` says ``"kind": "train"``; its rows carry ``row_kind = "train"`` so a reader that
+holds rows of both kinds tells them apart.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from attnbench.schema import Field, SchemaError
+from attnbench.vocab import STATUSES
+
+SCHEMA_VERSION = 1
+ROW_KIND = "train"
+
+FIELDS: tuple[Field, ...] = (
+    Field("row_kind", "str", "'train' (kernel rows have no such field)"),
+    Field("train_schema_version", "int", "version of this row format"),
+    Field("job", "str", "the job's id: task-size-variant[params]-seed"),
+    Field("task", "str", "task name (tasks/<task>.yaml)"),
+    Field("task_version", "int", "the task's version: results of different versions are not comparable"),
+    Field("size", "str", "small | paper"),
+    Field("data_name", "str", "what the data is, named honestly (a generator, a bundled set, release files)"),
+    Field("variant", "str", "pattern@kernel the model's attention ran"),
+    Field("pattern", "str", "what is attended to"),
+    Field("kernel", "str", "how"),
+    Field("family", "str", "vocab.FAMILIES"),
+    Field("params", "json", "the variant's parameters as the kernel received them"),
+    Field("param_label", "str", "the non-default parameters, 'k=v,...'"),
+    Field("seed", "int", "training seed (initialization, batch order, dropout); the data's own seed is in config"),
+    Field("status", "str", "vocab.STATUSES: ok, diverged, oom, timeout, crash, error, unsupported, ..."),
+    Field("reasons", "list[str]", "why a job is not ok (every reason), or notes"),
+    Field("metric", "str", "the task's metric (accuracy, bits_per_byte)"),
+    Field("higher_is_better", "bool", "direction of the metric"),
+    Field("best_val", "float", "best validation metric over the evaluations"),
+    Field("best_step", "int", "the step of that evaluation (its checkpoint is the one tested)"),
+    Field("test", "float", "test metric of the best-validation checkpoint (never the last)"),
+    Field("test_se", "float", "standard error of the test metric (binomial for accuracy: sqrt(p(1-p)/n))"),
+    Field("test_count", "int", "predictions scored on test (samples, or answer positions / bytes)"),
+    Field("extra_metrics", "json", "task-specific figures (e.g. lm: bits per byte without memory)"),
+    Field("final_loss", "float", "training loss at the last step (mean of the last logged window)"),
+    Field("steps", "int", "optimizer steps taken"),
+    Field("steps_per_s", "float", "optimizer steps per second of training (evaluation excluded)"),
+    Field("tokens_per_s", "float", "training tokens per second (batch x sequence length x steps / time)"),
+    Field("peak_mem_bytes", "int", "peak resident memory of the job's process (CPU) or max allocated (CUDA)"),
+    Field("n_params", "int", "trainable parameters of the model"),
+    Field("full_params", "int", "parameters of the same skeleton with full attention"),
+    Field("param_deviation", "float", "n_params / full_params - 1 (fairness: within 10%)"),
+    Field("own_params", "int", "parameters the variant brings itself (XL's u, v, W_r)"),
+    Field("curve", "json", "evaluations: [[step, train loss, val metric], ...]"),
+    Field("resumed", "int", "how many times the job resumed from a checkpoint"),
+    Field("wall_s", "float", "wall time of the job (all attempts)"),
+    Field("device", "str", "cpu | cuda"),
+    Field("threads", "int", "CPU threads of the job"),
+    Field("config", "json", "the resolved task config the job ran (data, model, train)"),
+    Field("config_hash", "str", "sha256 of that config (first 12 hex digits)"),
+    Field("git_sha", "str", "commit of the code"),
+)
+NAMES = tuple(f.name for f in FIELDS)
+KEY_FIELDS = ("task", "size", "variant", "params", "seed")
+
+
+def make_row(**values: Any) -> dict[str, Any]:
+    """A complete training row: every field in order, None where not given. Unknown names raise."""
+    unknown = set(values) - set(NAMES)
+    if unknown:
+        raise SchemaError(f"unknown training row fields {sorted(unknown)}; the fields: {', '.join(NAMES)}")
+    status = values.get("status")
+    if status is not None and status not in STATUSES:
+        raise SchemaError(f"status {status!r}; allowed: {', '.join(STATUSES)}")
+    fixed = {"row_kind": ROW_KIND, "train_schema_version": SCHEMA_VERSION}
+    return {n: fixed.get(n, values.get(n)) for n in NAMES}
+
+
+def job_key(row: dict[str, Any]) -> tuple:
+    """What identifies a job across resumes and runs."""
+    return tuple(json.dumps(row.get(f) or {}, sort_keys=True) if f == "params" else row.get(f) for f in KEY_FIELDS)
+
+
+def is_train_row(row: dict[str, Any]) -> bool:
+    return row.get("row_kind") == ROW_KIND
