@@ -129,3 +129,38 @@ def test_train_cli_kill_and_resume_equals_uninterrupted(tmp_path):
     assert b["resumed"] == 1 and a["resumed"] == 0
     for k in ("curve", "best_val", "best_step", "test", "final_loss", "steps", "config_hash"):
         assert a[k] == b[k], k
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "attnbench", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "listopz"], "--task 'listopz': no such task (did you mean 'listops'?)"),
+    (["--task", "listops", "--size", "huge"], "--size 'huge': allowed: small, paper"),
+    (["--task", "listops", "train.lrr=1"], "has no key 'train.lrr' (did you mean train.lr?)"),
+    (["--task", "listops", "--variants", "sliding_window[window=-1]"], "window=-1 is not allowed"),
+    (["--task", "listops", "--seeds", "a"], "--seeds 'a': must be an integer"),
+    (["--task", "text", "--size", "paper"], "aclImdb"),  # the release files are not here: path and layout
+])
+def test_train_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    r = _cli("train", "--out", str(tmp_path / "run"), *args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("attnbench: error: ") and message in lines[0], r.stderr
+    assert not (tmp_path / "run" / "results.jsonl").exists()
+
+
+def test_data_command_writes_the_release_format_and_train_reads_it_back(tmp_path):
+    from attnbench.data import listops
+
+    r = _cli("data", "listops", "--out", str(tmp_path / "lo"), "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "lo").iterdir()) == ["basic_test.tsv", "basic_train.tsv", "basic_val.tsv"]
+    assert (tmp_path / "lo" / "basic_val.tsv").read_text().startswith("Source\tTarget")
+    cfg = tasks.load("listops", "small", [f"data.root={tmp_path / 'lo'}"])
+    knobs = {k: v for k, v in cfg["data"].items() if k not in ("_target_", "root")}
+    read = listops.build(root=tmp_path / "lo", seq_len=knobs["seq_len"])
+    made = listops.build(**{**knobs, "seed": 3})
+    assert torch.equal(read.train.x, made.train.x) and torch.equal(read.test.y, made.test.y)

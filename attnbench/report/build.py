@@ -18,6 +18,12 @@ sweep, e.g. ``sliding_window@blocked[window=32,...,1024]``), per sweep::
 
 plus ``README.md`` indexing every file with one line. Row labels carry the parameters
 (``variant[k=v]``). The same input gives byte-identical tables and the same figure files.
+
+Training rows (``row_kind == "train"``, from ``attnbench train`` runs) are set apart when read
+and make their own section (:func:`_train_section`): the tables of
+:func:`attnbench.report.accuracy.report_tables`, validation curves per task and, when the report
+also holds kernel rows of the training machine, the accuracy–speed–memory bubble chart
+(:mod:`attnbench.report.accuracy_figures`). A report of training rows only has no kernel tables.
 """
 from __future__ import annotations
 
@@ -63,9 +69,11 @@ class RunInfo:
 
 @dataclass
 class Loaded:
-    frame: pd.DataFrame
-    runs: list[RunInfo]
+    frame: pd.DataFrame | None  # kernel rows; None when the inputs hold training rows only
+    runs: list[RunInfo]  # the runs of kernel rows (and empty ones)
     notes: list[str] = field(default_factory=list)
+    train_rows: list[dict] = field(default_factory=list)  # row_kind "train", the last row per job
+    train_runs: list[RunInfo] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -109,19 +117,40 @@ def load(inputs: Sequence[Path]) -> Loaded:
         raise ReportError("RESULTS: give at least one result directory or results.jsonl file")
     files, notes = _input_files(inputs)
     runs: list[RunInfo] = []
+    train_runs: list[RunInfo] = []
+    train: list[dict] = []
     frames = []
     for label, f in files:
-        run, df = _read_run(label, f, len(runs))
+        run, df, train_here = _read_run(label, f, len(runs))
+        if train_here:
+            train_runs.append(RunInfo(label, f, run.info, len(train_here)))
+            train += train_here
+            if df is None:
+                continue
         runs.append(run)
         if df is None:
             notes.append(f"{label}: results.jsonl has no complete rows.")
             continue
         frames.append(df)
-    if not frames:
+    if not frames and not train:
         raise ReportError("RESULTS " + ", ".join(repr(r.path) for r in runs) +
                           ": no result rows to report (results.jsonl empty); run `python -m attnbench run` first")
+    train, train_notes = _latest_train_rows(train)
+    if not frames:
+        return Loaded(None, runs, notes + train_notes, train, train_runs)
     df, merge_notes = _latest_rows(_normalised(pd.concat(frames, ignore_index=True)))
-    return Loaded(_labels(df), runs, notes + merge_notes)
+    return Loaded(_labels(df), runs, notes + merge_notes + train_notes, train, train_runs)
+
+
+def _latest_train_rows(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """One row per training job (task, size, variant, params, seed): the last read wins (inputs
+    in the order given, rows in file order), as a resumed job's row follows its earlier one."""
+    from attnbench.train.schema import job_key
+
+    last = {job_key(r): r for r in rows}
+    dropped = len(rows) - len(last)
+    notes = [f"{dropped} training job(s) had more than one row; the last row read of each is kept."] if dropped else []
+    return list(last.values()), notes
 
 
 def _input_files(inputs: Sequence[Path]) -> tuple[list[tuple[str, Path]], list[str]]:
@@ -141,16 +170,19 @@ def _input_files(inputs: Sequence[Path]) -> tuple[list[tuple[str, Path]], list[s
     return files, notes
 
 
-def _read_run(label: str, f: Path, index: int) -> tuple[RunInfo, pd.DataFrame | None]:
-    """One results.jsonl (rows upgraded to the current schema) and its run.json; the frame carries
-    the run's fields and the merge order (``_started``, ``_input`` = ``index``, ``_order``), or is
-    None when the file has no complete rows."""
+def _read_run(label: str, f: Path, index: int) -> tuple[RunInfo, pd.DataFrame | None, list[dict]]:
+    """One results.jsonl (kernel rows upgraded to the current schema) and its run.json; the frame
+    carries the run's fields and the merge order (``_started``, ``_input`` = ``index``, ``_order``),
+    or is None when the file has no complete kernel rows; the training rows apart, as stored."""
     import pandas as pd
 
     from attnbench.results import read_rows, upgraded
+    from attnbench.train.schema import is_train_row
 
     try:
         raw = read_rows(f)
+        train = [r for r in raw if is_train_row(r)]
+        raw = [r for r in raw if not is_train_row(r)]
         rows = upgraded(raw)
     except ValueError as e:
         raise ReportError(f"RESULTS {str(f)!r}: {e}") from None
@@ -162,7 +194,7 @@ def _read_run(label: str, f: Path, index: int) -> tuple[RunInfo, pd.DataFrame | 
     run = RunInfo(label, f, info, len(rows), tuple(sorted({int(r.get("schema_version") or 1) for r in raw})),
                   tuple(sorted({int(r["threads"]) for r in rows if r.get("threads") is not None})))
     if not rows:
-        return run, None
+        return run, None, train
     df = pd.DataFrame(rows)
     df["run"] = label
     df["run_started_at"] = info.get("started_at")
@@ -172,7 +204,7 @@ def _read_run(label: str, f: Path, index: int) -> tuple[RunInfo, pd.DataFrame | 
     for k in RUN_FIELDS:
         if k != "started_at":
             df[k] = info.get(k)
-    return run, df
+    return run, df, train
 
 
 def _normalised(df: pd.DataFrame) -> pd.DataFrame:
@@ -379,21 +411,38 @@ def build_report(inputs: list[Path], out: Path, baseline: str = "full@sdpa", *, 
                  min_fit_n: int = 2048, say: Callable[[str], None] | None = None) -> list[Path]:
     """Write tables, figures and README.md for ``inputs`` into ``out``; returns the files written.
     ``say`` (e.g. ``print``) gets what a person should read before the files: the merge notice."""
-    from attnbench.report import sweeps as S
-    from attnbench.report import tables as T
-
     loaded = load([Path(p) for p in inputs])
     df = loaded.frame
-    _check_baseline(df, baseline)
+    if df is not None:
+        _check_baseline(df, baseline)
     notice = merge_notice(loaded.runs)
     if notice and say is not None:
         say(notice)
     out = Path(out)
     _clean(out)
     out.mkdir(parents=True, exist_ok=True)
-    declared = _declared()
     written: list[Path] = []
     sections: list[str] = []
+    if df is not None:
+        written += _kernel_sections(df, out, baseline, figures, min_fit_n, sections)
+    if loaded.train_rows:
+        files, text = _train_section(loaded, out, baseline, figures)
+        written += files
+        sections.append(text)
+    readme = out / "README.md"
+    readme.write_text(_readme(loaded, inputs, baseline, sections, out, min_fit_n), encoding="utf-8", newline="\n")
+    written.append(readme)
+    return sorted(written)
+
+
+def _kernel_sections(df: pd.DataFrame, out: Path, baseline: str, figures: bool, min_fit_n: int,
+                     sections: list[str]) -> list[Path]:
+    """The tables and figures of every group of kernel rows; appends each group's README section."""
+    from attnbench.report import sweeps as S
+    from attnbench.report import tables as T
+
+    declared = _declared()
+    written: list[Path] = []
     style = None
     if figures:
         from attnbench.report.figures import Style
@@ -401,7 +450,7 @@ def build_report(inputs: list[Path], out: Path, baseline: str = "full@sdpa", *, 
 
         style = Style.from_frame(df)
     for g, gdf in groups(df):
-        slug, desc = g["slug"], describe(g)
+        desc = describe(g)
         sweeps = S.find_sweeps(gdf)
         lines = [f"## {desc}", ""]
         variants = sorted(set(gdf["label"]))
@@ -426,10 +475,64 @@ def build_report(inputs: list[Path], out: Path, baseline: str = "full@sdpa", *, 
                 written += [out / "figures" / f"{stem}.png", out / "figures" / f"{stem}.pdf"]
                 lines.append(f"- {what}: [png](figures/{stem}.png) · [pdf](figures/{stem}.pdf)")
         sections.append("\n".join(lines))
-    readme = out / "README.md"
-    readme.write_text(_readme(loaded, inputs, baseline, sections, out, min_fit_n), encoding="utf-8", newline="\n")
-    written.append(readme)
-    return sorted(written)
+    return written
+
+
+def _train_section(loaded: Loaded, out: Path, baseline: str, figures: bool) -> tuple[list[Path], str]:
+    """The training rows' tables and figures, and their README section."""
+    from attnbench.report import accuracy as A
+    from attnbench.report import accuracy_figures as AF
+    from attnbench.report import tables as T
+
+    df = A.frame(loaded.train_rows)
+    written: list[Path] = []
+    lines = ["## Training runs: accuracy", "", *_train_inputs(loaded.train_runs, df), "", "Rules:", "",
+             *(f"- {r}" for r in A.rules()), "", "Tables:", ""]
+    tabs = A.report_tables(df)
+    pts, bubble_notes = AF.bubble_points(df, loaded.frame, [r.info for r in loaded.train_runs], baseline)
+    if pts is not None:
+        tabs.append(("Accuracy vs speed vs memory: the bubble chart's coordinates", AF.bubble_table(pts, bubble_notes, baseline)))
+    for what, t in tabs:
+        written += T.write_table(t, out / "tables")
+        lines.append(f"- {what}: [md](tables/{t.name}.md) · [tex](tables/{t.name}.tex) · [csv](tables/{t.name}.csv)")
+    if figures:
+        lines += ["", "Figures:", ""]
+        for what, stem in _train_figures(df, pts, bubble_notes, baseline, out / "figures"):
+            written += [out / "figures" / f"{stem}.png", out / "figures" / f"{stem}.pdf"]
+            lines.append(f"- {what}: [png](figures/{stem}.png) · [pdf](figures/{stem}.pdf)")
+    if pts is None:
+        lines += ["", bubble_notes[0]]
+    else:
+        lines += ["", f"Bubble chart: {AF.CAPTION.format(baseline=baseline)} Here: {bubble_notes[0]}."]
+    return written, "\n".join(lines)
+
+
+def _train_inputs(runs: list[RunInfo], df: pd.DataFrame) -> list[str]:
+    lines = [f"{df['task_label'].nunique()} task(s), {df['label'].nunique()} variant(s), {len(df)} job(s) "
+             f"({int((df['status'] != 'ok').sum())} not ok), from:", ""]
+    for r in sorted(runs, key=lambda r: r.path):
+        host, cpu = (r.info.get("environment") or {}).get("hostname"), (r.info.get("environment") or {}).get("cpu_model")
+        lines.append(f"- `{r.path}`: {r.rows} row(s); {cpu or 'unknown CPU'} on host {host or '?'}")
+    return lines
+
+
+def _train_figures(df: pd.DataFrame, pts, bubble_notes: list[str], baseline: str, fig_dir: Path) -> list[tuple[str, str]]:
+    import matplotlib
+
+    from attnbench.report import accuracy_figures as AF
+    from attnbench.report import figures as F
+
+    made = []
+    colors = AF.label_colors(list(dict.fromkeys(df["label"])))
+    with matplotlib.rc_context(F.rc_params()):
+        for task in dict.fromkeys(df["task_label"]):
+            stem = f"val_curve_{_slugify(task)}"
+            F.save(AF.curve_figure(df, task, colors), fig_dir / stem)
+            made.append((f"Validation curve of {task} (per seed and mean)", stem))
+        if pts is not None:
+            F.save(AF.bubble_figure(pts, bubble_notes, colors, baseline), fig_dir / "accuracy_bubble")
+            made.append(("Accuracy vs speed vs memory (LRA's bubble chart; area ∝ peak memory)", "accuracy_bubble"))
+    return made
 
 
 def _group_tables(gdf, g, baseline: str, declared: dict, min_fit_n: int) -> list[tuple[str, Any]]:
@@ -483,6 +586,8 @@ def _group_figures(gdf, g, baseline, style, fig_dir: Path, desc: str) -> list[tu
 
 def _readme(loaded: Loaded, inputs, baseline: str, sections: list[str], out: Path, min_fit_n: int) -> str:
     df = loaded.frame
+    if df is None:
+        return _readme_train_only(loaded, inputs, sections, out)
     devs = sorted(set(df["device_name"]))
     dtypes = sorted(set(df["dtype"].astype(str)))
     lines = [GENERATED_MARK, "", f"# attnbench report: {out.name}", ""]
@@ -496,6 +601,18 @@ def _readme(loaded: Loaded, inputs, baseline: str, sections: list[str], out: Pat
                  f"`{baseline}`. Scaling exponents are fitted over n ≥ {min_fit_n}.")
     lines += _readme_inputs(loaded)
     lines += _readme_marks(bool(df["noisy"].notna().any()) if "noisy" in df.columns else False)
+    lines.append("\n\n".join(sections))
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _readme_train_only(loaded: Loaded, inputs, sections: list[str], out: Path) -> str:
+    """A report of training rows only: no kernel tables, no kernel marks."""
+    lines = [GENERATED_MARK, "", f"# attnbench report: {out.name}", "",
+             f"Built from stored training results (nothing re-trained) by "
+             f"`python -m attnbench report {' '.join(str(p) for p in inputs)}`. The inputs hold no kernel rows: "
+             f"no kernel tables, and no bubble chart.", ""]
+    if loaded.notes:
+        lines += ["Merging:", ""] + [f"- {n.strip()}" for n in loaded.notes] + [""]
     lines.append("\n\n".join(sections))
     return "\n".join(lines).rstrip("\n") + "\n"
 

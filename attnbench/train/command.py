@@ -147,8 +147,10 @@ def cmd_train(args) -> int:
         env = {**host_environment(), **git_state(), "versions": versions()}
         write_run_json(out, {"kind": "train", "settings": settings, "environment": env,
                              "tasks": {t: {"version": c["version"], "config": c} for t, c in configs.items()}})
-        data = {t: runner.build_data(c, out) for t, c in configs.items()}
-        for t, (d, _) in data.items():
+        data = {}
+        for t, c in configs.items():
+            print(f"{t}: building the data once for every job ...", file=sys.stderr, flush=True)
+            data[t] = d, _ = runner.build_data(c, out)
             print(f"{t}: {d.name}; {len(d.train)}/{len(d.val)}/{len(d.test)} samples, n = {d.seq_len}", file=sys.stderr)
         done = runner.done_keys(out) if args.resume else set()
         todo = [p for p in plans if p.key() not in done]

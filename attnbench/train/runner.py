@@ -173,8 +173,19 @@ def run_job(plan: JobPlan, out_dir: Path, data_path: Path, *, timeout_s: float, 
     (job_dir / "job.json").write_text(json.dumps(spec, indent=1, default=str))
     t0 = time.perf_counter()
     jp = JobProcess(job_dir, threads)
-    result, failure = wait(jp, job_dir, timeout_s, on_progress)
-    return row_for(plan, result, failure, jp, time.perf_counter() - t0, env, timeout_s)
+    try:
+        result, failure = wait(jp, job_dir, timeout_s, on_progress)
+    finally:
+        wall_s = _add_wall(job_dir, time.perf_counter() - t0)  # kept across a kill and --resume
+    return row_for(plan, result, failure, jp, wall_s, env, timeout_s)
+
+
+def _add_wall(job_dir: Path, seconds: float) -> float:
+    """The job's wall time over all its attempts (``wall_s`` in its directory)."""
+    p = job_dir / "wall_s"
+    total = seconds + (float(p.read_text()) if p.is_file() else 0.0)
+    p.write_text(f"{total:.3f}\n")
+    return total
 
 
 def load_data(path: str) -> TaskData:
