@@ -149,7 +149,7 @@ def build_parser() -> Parser:
     p.add_argument("--quick", action="store_true", help="a smaller grid of shapes")
     p.add_argument("--no-grad", action="store_true", help="outputs only")
     add_train_arguments(_sub(sub, "train", "accuracy: train variants inside a task's model skeleton, one isolated "
-                                           "job per (task, variant, seed)"))
+                                           "job per (task, variant, seed)"), VARIANTS_HELP)
     add_data_arguments(_sub(sub, "data", "write a task's generated splits in its release format"))
     report_arguments(_sub(sub, "report", "tables (Markdown, LaTeX, CSV) and figures from stored results; "
                                          "never re-measures"))

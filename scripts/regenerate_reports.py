@@ -2,7 +2,9 @@
 
 Each run directory ``results/<machine>/<run>/`` (``results.jsonl`` + ``run.json``) gets its
 generated report in ``reports/<machine>/<run>/`` (tables, figures, README index), built by
-``python -m attnbench report``. The hand-written ``reports/<machine>/README.md`` (analysis and
+``python -m attnbench report``. The training runs of a machine (``train-<task>``) are also
+reported together in ``reports/<machine>/train-all/``, with the machine's main kernel run
+(``main-fwd``) beside them for the accuracy-speed-memory bubble chart. The hand-written ``reports/<machine>/README.md`` (analysis and
 the figures of the scripts' CSVs) is not touched.
 
     python scripts/regenerate_reports.py              # every run under results/
@@ -30,6 +32,17 @@ def run_dirs(results: Path) -> list[Path]:
     return sorted(p.parent for p in results.glob("*/*/results.jsonl") if p.parent.parent.name not in SKIP)
 
 
+def combined(results: Path) -> list[tuple[Path, list[Path]]]:
+    """(report path relative to reports/, its inputs): every machine's training runs together."""
+    out = []
+    for machine in sorted(p for p in results.iterdir() if p.is_dir() and p.name not in SKIP):
+        train = sorted(p for p in machine.glob("train-*") if (p / "results.jsonl").is_file())
+        if train:
+            kernel = [machine / "main-fwd"] if (machine / "main-fwd" / "results.jsonl").is_file() else []
+            out.append((machine.relative_to(results) / "train-all", train + kernel))
+    return out
+
+
 def baseline_for(run: Path, preferred: str = "full@sdpa") -> str:
     """full@sdpa where the run has it, else its first full@* kernel (a run of @flex kernels
     only is compared with full@flex)."""
@@ -52,11 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no run directories (*/*/results.jsonl) under {args.results}", file=sys.stderr)
         return 2
     stale = []
-    for d in dirs:
-        rel = d.relative_to(args.results)
+    jobs = [(d.relative_to(args.results), [d]) for d in dirs] + combined(args.results)
+    for rel, inputs in jobs:
         committed = args.reports / rel
         out = Path(tempfile.mkdtemp()) / rel if args.check else committed
-        files = build_report([d], out, baseline_for(d), figures=not args.check, say=lambda m: print(f"{rel}: {m}"))
+        files = build_report(inputs, out, baseline_for(inputs[-1]), figures=not args.check,
+                             say=lambda m: print(f"{rel}: {m}"))
         print(f"{rel}: {len(files)} files -> {out}")
         if args.check:
             for f in (out / "tables").glob("*"):

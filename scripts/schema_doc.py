@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from attnbench.schema import FIELDS, KEY_FIELDS, SCHEMA_VERSION  # noqa: E402
+from attnbench.train import schema as train_schema  # noqa: E402
 
 OUT = ROOT / "docs" / "schema.md"
 
@@ -32,6 +33,20 @@ def render() -> str:
         "| --- | --- | --- |",
     ]
     lines += [f"| `{f.name}` | {f.type} | {f.meaning} |" for f in FIELDS]
+    lines += [
+        "",
+        f"# Training rows (training schema version {train_schema.SCHEMA_VERSION})",
+        "",
+        "`python -m attnbench train` writes one row per (task, variant, parameter setting, seed) job to the "
+        "same kind of store (`results.jsonl`, `results.parquet`, `run.json` with `\"kind\": \"train\"`); "
+        "its rows carry `row_kind = \"train\"` (attnbench/train/schema.py).",
+        "",
+        f"A job is identified by: {', '.join(f'`{k}`' for k in train_schema.KEY_FIELDS)}.",
+        "",
+        "| field | type | meaning |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| `{f.name}` | {f.type} | {f.meaning} |" for f in train_schema.FIELDS]
     return "\n".join(lines) + "\n"
 
 

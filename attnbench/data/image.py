@@ -125,7 +125,8 @@ def load_cifar10(root: str | Path) -> TaskData:
     grey, test_grey = rgb_to_grey(rgb), rgb_to_grey(test_rgb)  # [N, 32, 32], [T, 32, 32]
     n_train = len(grey) - int(round(VAL_FRACTION * len(grey)))  # TFDS rounds to the closest
     return TaskData(
-        name="CIFAR-10 in grey (LRA's Image task)", source=str(base), kind="classify",
+        name=(f"images in CIFAR-10's python-pickle layout at {base}, in grey "
+              f"(LRA's Image task when these are CIFAR-10's batches)"), source=str(base), kind="classify",
         vocab_size=PIXEL_VOCAB, num_classes=10, seq_len=CIFAR_SIDE * CIFAR_SIDE,
         train=_split(grey[:n_train], labels[:n_train]), val=_split(grey[n_train:], labels[n_train:]),
         test=_split(test_grey, test_labels), grid=(CIFAR_SIDE, CIFAR_SIDE),

@@ -49,7 +49,9 @@ def build(*, root: str | Path | None = None, seq_len: int = 512, n_train: int | 
     else:
         pairs = {s: _cap(read_tsv(Path(root) / f), n_train if s == "train" else n_eval)
                  for s, f in FILES.items()}
-        name, source = "AAN citation pairs (LRA Retrieval), bytes", str(root)
+        name = (f"document pairs in LRA's AAN TSV format at {root}, bytes "
+                f"(LRA's Retrieval when these are the AAN release files)")
+        source = str(root)
         meta = {"splits": "train / eval / test TSVs as released; eval is val"}
     splits = {s: _split(p, seq_len) for s, p in pairs.items()}
     meta["class_counts"] = {s: np.bincount(sp.y.numpy(), minlength=2).tolist() for s, sp in splits.items()}

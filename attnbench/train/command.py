@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
 import inspect
 import sys
 from pathlib import Path
@@ -48,11 +49,10 @@ DATA_EXAMPLES = [
 ]
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from attnbench.cli import VARIANTS_HELP
-
+def add_train_arguments(p: argparse.ArgumentParser, variants_help: str) -> None:
+    """The train options; ``variants_help``: the CLI's text of the selection syntax."""
     p.add_argument("--task", help=f"comma list of tasks: {', '.join(tasks.task_names())}")
-    p.add_argument("--variants", help=VARIANTS_HELP + "; 'all' and bare patterns mean each pattern's default "
+    p.add_argument("--variants", help=variants_help + "; 'all' and bare patterns mean each pattern's default "
                                                       "kernel (default: all)")
     p.add_argument("--seeds", help=f"comma list of training seeds (default: {DEFAULT_SEEDS})")
     p.add_argument("--size", help=f"{' | '.join(tasks.SIZES)} (default: small)")
@@ -180,8 +180,6 @@ def _run_all(todo, out: Path, data, settings, env, resume: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 def cmd_data(args) -> int:
     """Write a task's generated splits in the release format."""
-    from hydra.utils import get_method
-
     cfg = tasks.load(args.task, args.size, [])
     knobs = {k: v for k, v in cfg["data"].items() if k != "_target_"}
     if knobs.get("root"):
@@ -189,9 +187,17 @@ def cmd_data(args) -> int:
     if args.seed is not None:
         knobs["seed"] = _number(args.seed, "--seed")
     module = cfg["data"]["_target_"].rsplit(".", 1)[0]
-    write = get_method(f"{module}.write")
+    write = getattr(importlib.import_module(module), "write", None)
+    if write is None:
+        raise TrainUsageError(f"data {args.task}: {module} has no release format to write; its data is built in "
+                              f"memory by {cfg['data']['_target_']}") from None
     accepted = inspect.signature(write).parameters
-    files = write(Path(args.out), **{k: v for k, v in knobs.items() if k in accepted})
-    print(f"{args.task} ({args.size}): {len(files)} files under {args.out}; read them back with "
+    given = {k: v for k, v in knobs.items() if k in accepted}
+    if "n" in accepted and "n_train" in knobs:  # one pool the loader splits (Pathfinder: 80/10/10)
+        given["n"] = sum(int(knobs[k]) for k in ("n_train", "n_val", "n_test") if knobs.get(k))
+    written = write(Path(args.out), **given)
+    files = [written] if isinstance(written, (str, Path)) else list(written)
+    print(f"{args.task} ({args.size}): wrote {', '.join(str(f) for f in files[:3])}{' ...' if len(files) > 3 else ''}; "
+          f"read them back with "
           f"`python -m attnbench train --task {args.task} data.root={args.out}`")
     return 0

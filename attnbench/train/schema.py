@@ -54,7 +54,7 @@ FIELDS: tuple[Field, ...] = (
     Field("curve", "json", "evaluations: [[step, train loss, val metric], ...]"),
     Field("resumed", "int", "how many times the job resumed from a checkpoint"),
     Field("wall_s", "float", "wall time of the job (all attempts)"),
-    Field("device", "str", "cpu | cuda"),
+    Field("device", "str", "cpu or cuda"),
     Field("threads", "int", "CPU threads of the job"),
     Field("config", "json", "the resolved task config the job ran (data, model, train)"),
     Field("config_hash", "str", "sha256 of that config (first 12 hex digits)"),
