@@ -14,8 +14,11 @@ import datetime as dt
 import importlib
 import inspect
 import sys
+import time
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
 
 from attnbench.catalog import all_specs, select
 from attnbench.registry import lookup
@@ -140,6 +143,15 @@ def cmd_train(args) -> int:
                for t in settings["tasks"]}
     plans = plan_jobs(settings, configs)
     out = Path(settings["out"])
+    if not args.resume and (out / "results.jsonl").exists():
+        raise TrainUsageError(f"--out {out} holds a run already: continue it with --resume, or choose another --out")
+    data = {}
+    for t, c in configs.items():
+        t0 = time.perf_counter()
+        with Console(stderr=True).status(f"{t}: building the data once for every job ..."):  # transient
+            data[t] = d = runner.build_data(c, out)
+        print(f"{t}: {d.name}; {len(d.train)}/{len(d.val)}/{len(d.test)} samples, n = {d.seq_len} "
+              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     lock = RunLock(out)
     lock.acquire("attnbench train " + " ".join(getattr(args, "argv", [])))
@@ -147,14 +159,10 @@ def cmd_train(args) -> int:
         env = {**host_environment(), **git_state(), "versions": versions()}
         write_run_json(out, {"kind": "train", "settings": settings, "environment": env,
                              "tasks": {t: {"version": c["version"], "config": c} for t, c in configs.items()}})
-        data = {}
-        for t, c in configs.items():
-            print(f"{t}: building the data once for every job ...", file=sys.stderr, flush=True)
-            data[t] = d, _ = runner.build_data(c, out)
-            print(f"{t}: {d.name}; {len(d.train)}/{len(d.val)}/{len(d.test)} samples, n = {d.seq_len}", file=sys.stderr)
+        paths = {t: runner.store_data(d, configs[t], out) for t, d in data.items()}
         done = runner.done_keys(out) if args.resume else set()
         todo = [p for p in plans if p.key() not in done]
-        _run_all(todo, out, data, settings, env, resume=bool(args.resume))
+        _run_all(todo, out, paths, settings, env, resume=bool(args.resume))
     finally:
         lock.release()
     from attnbench.train.summary import print_summary, write_outputs
@@ -163,13 +171,13 @@ def cmd_train(args) -> int:
     return print_summary(out)
 
 
-def _run_all(todo, out: Path, data, settings, env, resume: bool) -> None:
+def _run_all(todo, out: Path, paths: dict[str, Path], settings, env, resume: bool) -> None:
     from attnbench.train.progress import TrainProgress
 
     with TrainProgress(len(todo)) as bar:
         for plan in todo:
             bar.start(plan.job_id, int(plan.config["train"]["steps"]))
-            row = runner.run_job(plan, out, data[plan.task][1], timeout_s=settings["timeout_s"],
+            row = runner.run_job(plan, out, paths[plan.task], timeout_s=settings["timeout_s"],
                                  threads=settings["threads"], resume=resume, env=env, on_progress=bar.update)
             runner.append(out, row)
             bar.finish(row)

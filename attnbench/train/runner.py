@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from attnbench.data.base import TaskData
+from attnbench.data.base import DataError, TaskData
 from attnbench.harness.isolate import PACKAGE_ROOT
 from attnbench.params import format_params, non_default
 from attnbench.registry import VariantSpec
@@ -64,17 +65,33 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def build_data(config: dict[str, Any], out_dir: Path) -> tuple[TaskData, Path]:
-    """The task's data, built once and stored in the run directory (reused by a resume)."""
-    path = out_dir / "data" / f"{config['name']}-{config['size']}-{config_hash(config['data'])}.pt"
+def data_path(config: dict[str, Any], out_dir: Path) -> Path:
+    return out_dir / "data" / f"{config['name']}-{config['size']}-{config_hash(config['data'])}.pt"
+
+
+def build_data(config: dict[str, Any], out_dir: Path) -> TaskData:
+    """The task's data: the copy stored in the run directory (a resume), else built now (a
+    missing release file raises DataError before anything is written)."""
+    path = data_path(config, out_dir)
     if path.is_file():
-        return torch.load(path, weights_only=False), path
-    data = instantiate(config["data"])  # DataError: one line, exit 2
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(data, tmp)
-    tmp.replace(path)
-    return data, path
+        return torch.load(path, weights_only=False)
+    try:
+        return instantiate(config["data"])
+    except InstantiationException as e:  # hydra wraps the builder's own error: show that one
+        if isinstance(e.__cause__, DataError):
+            raise e.__cause__ from None
+        raise
+
+
+def store_data(data: TaskData, config: dict[str, Any], out_dir: Path) -> Path:
+    """Keep the data in the run directory, where every job reads it; its path."""
+    path = data_path(config, out_dir)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(data, tmp)
+        tmp.replace(path)
+    return path
 
 
 def done_keys(out_dir: Path) -> set[tuple]:
