@@ -176,3 +176,21 @@ def test_data_command_writes_the_release_format_and_train_reads_it_back(tmp_path
     read = listops.build(root=tmp_path / "lo", seq_len=knobs["seq_len"])
     made = listops.build(**{**knobs, "seed": 3})
     assert torch.equal(read.train.x, made.train.x) and torch.equal(read.test.y, made.test.y)
+
+
+@pytest.mark.slow
+def test_train_job_deaths_are_rows(tmp_path):
+    """Kernels that segfault, hang, raise or ask for a PiB inside a training job: each is its
+    job's row (crash, timeout, error, oom) and full attention's job beside them is ok."""
+    out = tmp_path / "run"
+    plugin = str(ROOT / "tests" / "fixtures" / "trust_kernels.py")
+    p = _train_cli(out, "--plugin", plugin, "--variants", "test@segfault,test@hang,test@raise,test@oom,full",
+                   "--timeout", "20", "train.steps=4", "train.eval_every=2")
+    stdout, stderr = p.communicate(timeout=300)
+    assert p.returncode == 0, stderr
+    status = {r["variant"]: (r["status"], " ".join(r["reasons"])) for r in read_rows(out / "results.jsonl")}
+    assert status["test@segfault"][0] == "crash" and "SIGSEGV" in status["test@segfault"][1]
+    assert status["test@hang"][0] == "timeout" and "--resume continues it" in status["test@hang"][1]
+    assert status["test@raise"][0] == "error" and "boom" in status["test@raise"][1]
+    assert status["test@oom"][0] == "oom"
+    assert status["full@sdpa"][0] == "ok"

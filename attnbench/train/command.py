@@ -20,7 +20,7 @@ from typing import Any
 
 from rich.console import Console
 
-from attnbench.catalog import all_specs, select
+from attnbench.catalog import all_specs, load_plugin, select
 from attnbench.registry import lookup
 from attnbench.train import runner, tasks
 
@@ -91,6 +91,9 @@ def _settings(args) -> dict[str, Any]:
         info = read_run_json(Path(args.out))
         if not info or info.get("kind") != "train":
             raise TrainUsageError(f"--out {args.out}: no training run to resume there (no run.json of kind 'train')")
+        for plugin in info["settings"].get("plugins") or []:
+            if plugin not in {str(Path(p).resolve()) for p in args.plugin}:
+                load_plugin(plugin)  # the run's own plugins, as when it started
         return info["settings"]
     if not args.task:
         raise TrainUsageError("train needs --task (one of: " + ", ".join(tasks.task_names()) + ")")
@@ -107,7 +110,8 @@ def _settings(args) -> dict[str, Any]:
     out = args.out or f"results/train/{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
     return {"tasks": [t.strip() for t in args.task.split(",") if t.strip()], "variants": args.variants or "all",
             "seeds": seeds, "size": args.size or "small", "overrides": list(args.overrides), "timeout_s": timeout,
-            "threads": threads, "out": out, "tasks_dir": tasks_dir}
+            "threads": threads, "out": out, "tasks_dir": tasks_dir,
+            "plugins": [str(Path(p).resolve()) for p in args.plugin]}
 
 
 def train_selection(text: str) -> str:
@@ -178,7 +182,8 @@ def _run_all(todo, out: Path, paths: dict[str, Path], settings, env, resume: boo
         for plan in todo:
             bar.start(plan.job_id, int(plan.config["train"]["steps"]))
             row = runner.run_job(plan, out, paths[plan.task], timeout_s=settings["timeout_s"],
-                                 threads=settings["threads"], resume=resume, env=env, on_progress=bar.update)
+                                 threads=settings["threads"], resume=resume, env=env,
+                                 plugins=tuple(settings.get("plugins") or ()), on_progress=bar.update)
             runner.append(out, row)
             bar.finish(row)
 

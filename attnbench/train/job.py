@@ -23,6 +23,7 @@ if THREADS:  # before torch is imported
 
 import torch  # noqa: E402
 
+from attnbench.catalog import load_plugin  # noqa: E402
 from attnbench.harness.failures import classify  # noqa: E402
 from attnbench.train.loop import Diverged, Job, Progress  # noqa: E402
 
@@ -46,6 +47,8 @@ def run(job_dir: Path) -> dict:
         write_json(job_dir / "progress.json", p.__dict__)
 
     try:
+        for plugin in spec.get("plugins") or []:  # the variants of --plugin files, as in the parent
+            load_plugin(plugin)
         job = Job(spec, job_dir)
         if spec.get("resume"):
             job.restore()

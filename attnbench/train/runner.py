@@ -179,14 +179,15 @@ def row_for(plan: JobPlan, result: dict | None, failure: str | None, jp: JobProc
 
 
 def run_job(plan: JobPlan, out_dir: Path, data_path: Path, *, timeout_s: float, threads: int | None,
-            resume: bool, env: dict[str, Any], on_progress=None) -> dict[str, Any]:
+            resume: bool, env: dict[str, Any], plugins: tuple[str, ...] = (),
+            on_progress=None) -> dict[str, Any]:
     """Run one job isolated; its row (never raises for the job's own failures)."""
     job_dir = out_dir / "jobs" / plan.job_id
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / "result.json").unlink(missing_ok=True)
     config = {**plan.config, "data": {"_target_": "attnbench.train.runner.load_data", "path": str(data_path)}}
     spec = {"job": plan.job_id, "variant": plan.spec.name, "params": plan.params, "seed": plan.seed,
-            "config": config, "resume": resume}
+            "config": config, "resume": resume, "plugins": list(plugins)}
     (job_dir / "job.json").write_text(json.dumps(spec, indent=1, default=str))
     t0 = time.perf_counter()
     jp = JobProcess(job_dir, threads)
