@@ -5,7 +5,7 @@ Conventions:
 - Task (Linsley et al. 2018, the ``drewlinsley/pathfinder`` ``snakes2`` generator LRA used): two
   target contours grow from seeds ``seed_distance`` apart, each a chain of ``contour_length``
   straight *paddles* of ``paddle_length`` px separated by a ``gap``; each turn is drawn from
-  ``p(turn) ∝ cos(min(|turn|·continuity, π/2))²`` (snakes2's ``get_coords_cmf``), on a 5° grid.
+  ``p(turn) ∝ cos(min(|turn|·continuity, π/2))²`` (snakes2's ``get_coords_cmf``), on a 10° grid.
   Two circular markers: label 1 puts them on the two ends of one target contour, label 0 on the
   origin of one and the far end of the other (snakes2's rule), so both classes draw the same
   two equal-length contours. ``distractors`` shorter contours (``contour_length // 3`` paddles,

@@ -42,7 +42,7 @@ FIELDS: tuple[Field, ...] = (
     Field("test_se", "float", "standard error of the test metric (binomial for accuracy: sqrt(p(1-p)/n))"),
     Field("test_count", "int", "predictions scored on test (samples, or answer positions / bytes)"),
     Field("extra_metrics", "json", "task-specific figures (e.g. lm: bits per byte without memory)"),
-    Field("final_loss", "float", "training loss at the last step (mean of the last logged window)"),
+    Field("final_loss", "float", "the curve's last training loss (the mean over the last evaluation window)"),
     Field("steps", "int", "optimizer steps taken"),
     Field("steps_per_s", "float", "optimizer steps per second of training (evaluation excluded)"),
     Field("tokens_per_s", "float", "training tokens per second (batch x sequence length x steps / time)"),
@@ -51,7 +51,8 @@ FIELDS: tuple[Field, ...] = (
     Field("full_params", "int", "parameters of the same skeleton with full attention"),
     Field("param_deviation", "float", "n_params / full_params - 1 (fairness: within 10%)"),
     Field("own_params", "int", "parameters the variant brings itself (XL's u, v, W_r)"),
-    Field("curve", "json", "evaluations: [[step, train loss, val metric], ...]"),
+    Field("curve", "json", "evaluations: [[step, mean training loss of the steps since the previous evaluation "
+                           "(whose last step is included), val metric], ...]"),
     Field("resumed", "int", "how many times the job resumed from a checkpoint"),
     Field("wall_s", "float", "wall time of the job (all attempts)"),
     Field("device", "str", "cpu or cuda"),
