@@ -44,15 +44,19 @@ def main() -> None:
         out.flush()
 
     send({"ready": True, "pid": os.getpid(), "threads": torch.get_num_threads()})
-    cases_run = 0  # after the first case, lazy initialization is done: a first call may be a steady one
+    # After a case of a mode, that mode's lazy initialization is done (the first backward of a
+    # worker allocates one-off buffers: mqa@sdpa's first fwd+bwd call peaked at 5x its steady
+    # calls), so a later first call of the same mode may be a steady one.
+    modes_run: set[str] = set()
     for line in sys.stdin:
         msg = json.loads(line)
         op = msg.get("op")
         if op == "case":
             from attnbench.harness.execute import run_json
 
-            send(run_json(msg["case"], {**(msg.get("opts") or {}), "warm_worker": cases_run > 0}))
-            cases_run += 1
+            mode = (msg["case"].get("shape") or {}).get("mode")
+            send(run_json(msg["case"], {**(msg.get("opts") or {}), "warm_worker": mode in modes_run}))
+            modes_run.add(mode)
         elif op == "probe":
             from attnbench.harness.env import device_environment
             from attnbench.harness.flops import gemm_peak_gflops
