@@ -94,7 +94,7 @@ def _settings(args) -> dict[str, Any]:
         for plugin in info["settings"].get("plugins") or []:
             if plugin not in {str(Path(p).resolve()) for p in args.plugin}:
                 load_plugin(plugin)  # the run's own plugins, as when it started
-        return info["settings"]
+        return {**info["settings"], "out": args.out}  # where it is now (a run directory may move)
     if not args.task:
         raise TrainUsageError("train needs --task (one of: " + ", ".join(tasks.task_names()) + ")")
     seeds = [_number(s, "--seeds") for s in (args.seeds or DEFAULT_SEEDS).split(",") if s.strip()]
