@@ -110,7 +110,7 @@ def test_train_cli_failures_are_rows_and_others_go_on(tmp_path):
 def test_train_cli_kill_and_resume_equals_uninterrupted(tmp_path):
     """SIGKILL of the whole command once the job wrote its first checkpoint; --resume ends with
     the numbers of an uninterrupted run (steps after the checkpoint are recomputed from it)."""
-    over = ["train.steps=400", "train.eval_every=20"]
+    over = ["train.steps=300", "train.eval_every=20"]
     ref = _train_cli(tmp_path / "ref", "--variants", "full", *over)
     assert ref.wait(timeout=600) == 0, ref.stderr.read()
     cut = _train_cli(tmp_path / "cut", "--variants", "full", *over)
@@ -185,7 +185,7 @@ def test_train_job_deaths_are_rows(tmp_path):
     out = tmp_path / "run"
     plugin = str(ROOT / "tests" / "fixtures" / "trust_kernels.py")
     p = _train_cli(out, "--plugin", plugin, "--variants", "test@segfault,test@hang,test@raise,test@oom,full",
-                   "--timeout", "20", "train.steps=4", "train.eval_every=2")
+                   "--timeout", "10", "train.steps=4", "train.eval_every=2")
     stdout, stderr = p.communicate(timeout=300)
     assert p.returncode == 0, stderr
     status = {r["variant"]: (r["status"], " ".join(r["reasons"])) for r in read_rows(out / "results.jsonl")}
