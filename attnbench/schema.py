@@ -88,15 +88,21 @@ class SchemaError(ValueError):
     pass
 
 
-def make_row(**values: Any) -> dict[str, Any]:
-    """A complete row: every field in schema order, None where not given. Unknown names raise."""
-    unknown = set(values) - set(NAMES)
+def complete_row(names: tuple[str, ...], values: dict[str, Any], fixed: dict[str, Any], what: str = "row") -> dict[str, Any]:
+    """Every field of ``names`` in order (``fixed`` ones set, None where not given); unknown
+    names and a status outside vocab.STATUSES raise. The one builder of kernel and training rows."""
+    unknown = set(values) - set(names)
     if unknown:
-        raise SchemaError(f"unknown row fields {sorted(unknown)}; the schema's fields: {', '.join(NAMES)}")
+        raise SchemaError(f"unknown {what} fields {sorted(unknown)}; the fields: {', '.join(names)}")
     status = values.get("status")
     if status is not None and status not in STATUSES:
         raise SchemaError(f"status {status!r}; allowed: {', '.join(STATUSES)}")
-    return {"schema_version": SCHEMA_VERSION, **{n: values.get(n) for n in NAMES if n != "schema_version"}}
+    return {n: fixed[n] if n in fixed else values.get(n) for n in names}
+
+
+def make_row(**values: Any) -> dict[str, Any]:
+    """A complete row: every field in schema order, None where not given. Unknown names raise."""
+    return complete_row(NAMES, values, {"schema_version": SCHEMA_VERSION})
 
 
 def params_key(params: Any) -> str:

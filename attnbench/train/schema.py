@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from attnbench.schema import Field, SchemaError
-from attnbench.vocab import STATUSES
+from attnbench.schema import Field, complete_row
 
 SCHEMA_VERSION = 1
 ROW_KIND = "train"
@@ -67,14 +66,7 @@ KEY_FIELDS = ("task", "size", "variant", "params", "seed")
 
 def make_row(**values: Any) -> dict[str, Any]:
     """A complete training row: every field in order, None where not given. Unknown names raise."""
-    unknown = set(values) - set(NAMES)
-    if unknown:
-        raise SchemaError(f"unknown training row fields {sorted(unknown)}; the fields: {', '.join(NAMES)}")
-    status = values.get("status")
-    if status is not None and status not in STATUSES:
-        raise SchemaError(f"status {status!r}; allowed: {', '.join(STATUSES)}")
-    fixed = {"row_kind": ROW_KIND, "train_schema_version": SCHEMA_VERSION}
-    return {n: fixed.get(n, values.get(n)) for n in NAMES}
+    return complete_row(NAMES, values, {"row_kind": ROW_KIND, "train_schema_version": SCHEMA_VERSION}, "training row")
 
 
 def job_key(row: dict[str, Any]) -> tuple:
