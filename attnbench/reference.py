@@ -85,3 +85,16 @@ def sample_rows(n: int, count: int = 16, device=None) -> torch.Tensor:
     if n <= count:
         return torch.arange(n, device=device)
     return torch.linspace(0, n - 1, count, device=device).round().long().unique()
+
+
+def reduced_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, reduce: torch.Tensor,
+                      **kw) -> AttnOutput:
+    """Exact softmax attention against keys and values reduced by a fixed linear map: K' = P K,
+    V' = P V with P = ``reduce`` [M', M] (PVT's pooling over a grid, Linformer's projection).
+
+    q [B, H, N, D], k, v [B, Hkv, M, D] -> out [B, H, N, D], weights [B, H, N, M'] over the
+    reduced keys, lse [B, H, N]. Time O(M' M D + N M' D); ``kw`` as for :func:`attention`.
+    """
+    p = reduce.to(dtype=k.dtype, device=k.device)
+    kr, vr = torch.matmul(p, k), torch.matmul(p, v)  # [B, Hkv, M', D]
+    return attention(q, kr, vr, **kw)

@@ -33,6 +33,9 @@ FAMILIES: dict[str, str] = {
     "kv_share": "keys and values shared across query heads (MQA, GQA)",
     "memory": "recurrence over segments (Transformer-XL)",
     "test": "harness test kernels (never in 'all')",
+    # After 'test' (never in a report) so that figures, which colour a family by its place here
+    # in tab10, give it olive rather than the grey that place 7 holds.
+    "reduce": "keys and values reduced over the token grid (PVT's spatial-reduction attention)",
 }
 
 # mode -> FLOPs relative to the forward pass (the usual rule: a backward is about 2x the

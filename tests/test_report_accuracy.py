@@ -186,3 +186,14 @@ def test_kernel_only_report_is_unchanged_by_the_training_path(tmp_path):
     B.build_report([kernel_run(tmp_path / "k")], out, figures=False)
     readme = (out / "README.md").read_text()
     assert "Training runs" not in readme and not (out / "tables" / "accuracy.csv").exists()
+
+
+def test_curve_styles_keep_every_label_distinct_beyond_ten_colours():
+    from attnbench.report.accuracy_figures import label_colors, label_linestyles
+
+    labels = ["full"] + [f"v{i}" for i in range(14)]
+    colors = label_colors(labels)
+    styles = label_linestyles(colors)
+    looks = {(colors[lab], styles[lab]) for lab in labels}
+    assert len(looks) == len(labels)  # no two lines drawn alike
+    assert [styles[f"v{i}"] for i in (0, 9, 10, 13)] == ["-", "-", "--", "--"]

@@ -32,7 +32,7 @@ from attnbench.check import check_rows
 from attnbench.harness.inputs import make_inputs
 from attnbench.patterns import dense_mask, get_pattern, pattern_flops
 from attnbench import Shape, Unsupported, get, names
-from attnbench.variants.swin import bias_table, swin_geometry
+from attnbench.patterns.swin import bias_table, bias_table_init, swin_geometry
 
 HEADS = 8
 KV_HEADS = (HEADS, HEADS // 4, 1)
@@ -403,3 +403,88 @@ def test_geometry_follows_official_rule(grid, window, expect):
     g = swin_geometry(grid[0] * grid[1], _params(grid, window, True))
     assert (g["win"], g["shift"], g["hp"], g["wp"]) == expect
     assert swin_geometry(grid[0] * grid[1], _params(grid, window, False))["shift"] == 0
+
+
+# --------------------------------------------------------------------------- 4. a learned bias table
+# A model that learns Swin's table passes it as ``bias_table=`` [H, (2M-1)^2] (M: the window after
+# the shrink rule) to spec.forward, beside the resolved params, as the model's Attention does.
+
+LEARNED = [((6, 10), 4, True), ((8, 8), 3, True), ((5, 7), 7, False)]  # padded, shifted; shrunk to M = 5
+
+
+def _forward(kernel, q, k, v, params, **kw):
+    spec = get(kernel)
+    return spec.forward(q, k, v, **kw, **spec.resolve_params(params)).out
+
+
+def _table(heads, win, seed=7):
+    t = torch.randn(heads, (2 * win - 1) ** 2, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return t.requires_grad_()
+
+
+@pytest.mark.parametrize("kernel", ("swin@blocked", "swin@sdpa_mask"))
+@pytest.mark.parametrize("grid, win, shift", LEARNED, ids=[f"{g[0]}x{g[1]}-M{m}" for g, m, _ in LEARNED])
+def test_given_table_matches_reference_with_gradients(kernel, grid, win, shift):
+    """With a given table: outputs and the gradients of the table and of q, k, v equal those of
+    the dense reference (swin@dense) and of the official computation, in float64."""
+    shape = _shape(grid, 2, "float64", heads=4, batch=2, d=8)
+    params = _params(grid, win, shift)
+    m = swin_geometry(shape.seq_len, params)["win"]
+    off = OfficialSwin(grid, win, shift)
+    q, k, v = make_inputs(shape)
+    g = torch.randn(q.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    grads = {}
+    for name in (kernel, "swin@dense", "official"):
+        table = _table(shape.heads, m)
+        qkv = [x.clone().requires_grad_() for x in (q, k, v)]
+        if name == "official":
+            out = off.attention(*qkv, table.t())  # the official layout is [(2M-1)^2, heads]
+        else:
+            out = _forward(name, *qkv, params, bias_table=table)
+        grads[name] = (out,) + torch.autograd.grad(out, (table, *qkv), g)
+    for name in ("swin@dense", "official"):
+        for what, a, b in zip(("out", "dtable", "dq", "dk", "dv"), grads[kernel], grads[name]):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=f"{kernel} vs {name}: {what}")
+    assert grads[kernel][1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_given_seeded_table_gives_the_seeded_result(kernel):
+    grid, win = (6, 10), 4
+    shape = _shape(grid, 2, "float32", heads=4, batch=2, d=8)
+    params = _params(grid, win, True)
+    q, k, v = make_inputs(shape)
+    seeded = bias_table_init(shape.seq_len, shape.heads, params)
+    assert seeded.dtype == torch.float64 and seeded.shape == (4, 49)
+    assert torch.equal(seeded, bias_table(4, 4, 0, 1.0, "cpu", torch.float64))
+    assert seeded is not bias_table_init(shape.seq_len, shape.heads, params)  # a fresh tensor each time
+    want = _forward(kernel, q, k, v, params)
+    assert torch.equal(_forward(kernel, q, k, v, params, bias_table=seeded), want)
+    assert torch.equal(_forward(kernel, q, k, v, params, bias_table=seeded.float()), want)
+    other = _forward(kernel, q, k, v, params, bias_table=seeded * 2)
+    assert not torch.allclose(other, want)
+    assert torch.equal(_forward(kernel, q, k, v, params), want)  # the seeded path is untouched
+
+
+@pytest.mark.parametrize("kernel", (*KERNELS, "swin@flex"))
+def test_given_table_of_wrong_shape_names_the_expected_one(kernel):
+    grid = (5, 7)  # window 7 shrinks to 5: the table is [heads, 81]
+    shape = _shape(grid, 4, "float32", heads=4, batch=1, d=8)
+    q, k, v = make_inputs(shape)
+    with pytest.raises(ValueError, match=r"expected \[heads, \(2M-1\)\^2\] = \[4, 81\] \(M = 5"):
+        _forward(kernel, q, k, v, _params(grid, 7, True), bias_table=torch.zeros(4, 169))
+
+
+def test_flex_on_cpu_refuses_a_table_to_learn():
+    """No FlexAttention backward on CPU: a table that requires grad is refused with a reason."""
+    grid = (8, 8)
+    q, k, v = make_inputs(_shape(grid, 4, "float32", heads=4, batch=1, d=8))
+    table = _table(4, 4).float().detach().requires_grad_()
+    with pytest.raises(Unsupported, match="swin@blocked"):
+        _forward("swin@flex", q, k, v, _params(grid, 4, True), bias_table=table)
+
+
+def test_bias_table_is_refused_by_a_pattern_without_bias():
+    q, k, v = make_inputs(Shape(batch=1, heads=2, kv_heads=2, seq_len=16, kv_len=16, head_dim=8))
+    with pytest.raises(ValueError, match="no relative-position bias"):
+        _forward("sliding_window@dense", q, k, v, {}, bias_table=torch.zeros(2, 9))

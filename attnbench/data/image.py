@@ -113,8 +113,9 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return rgb, labels
 
 
-def load_cifar10(root: str | Path) -> TaskData:
-    """CIFAR-10 from its python batches, grey as LRA, 45K/5K/10K (val = last 10% of train)."""
+def read_cifar10(root: str | Path) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(batch dir, train RGB uint8 [N, 32, 32, 3], train labels [N], test RGB [T, 32, 32, 3],
+    test labels [T]): the five data batches in order, then test_batch (DataError if missing)."""
     base = Path(root) / CIFAR_DIR
     if not base.is_dir():
         raise DataError(f"{base}: missing directory; expected {LAYOUT}")
@@ -122,8 +123,19 @@ def load_cifar10(root: str | Path) -> TaskData:
     rgb = np.concatenate([p[0] for p in parts])  # [N, 32, 32, 3]
     labels = np.concatenate([p[1] for p in parts])  # [N]
     test_rgb, test_labels = read_batch(base / TEST_BATCH)
+    return base, rgb, labels, test_rgb, test_labels
+
+
+def cifar_train_size(n: int) -> int:
+    """Training images of ``n``: the rest (the last round(10%)) is validation, as LRA's train[90%:]."""
+    return n - int(round(VAL_FRACTION * n))  # TFDS rounds to the closest
+
+
+def load_cifar10(root: str | Path) -> TaskData:
+    """CIFAR-10 from its python batches, grey as LRA, 45K/5K/10K (val = last 10% of train)."""
+    base, rgb, labels, test_rgb, test_labels = read_cifar10(root)
     grey, test_grey = rgb_to_grey(rgb), rgb_to_grey(test_rgb)  # [N, 32, 32], [T, 32, 32]
-    n_train = len(grey) - int(round(VAL_FRACTION * len(grey)))  # TFDS rounds to the closest
+    n_train = cifar_train_size(len(grey))
     return TaskData(
         name=(f"images in CIFAR-10's python-pickle layout at {base}, in grey "
               f"(LRA's Image task when these are CIFAR-10's batches)"), source=str(base), kind="classify",

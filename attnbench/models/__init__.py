@@ -1,8 +1,11 @@
 """Model skeletons: every variant trains in the same model, its attention called by registry name.
 
     build_model(kind, cfg, *, device="cpu", check=True) -> nn.Module
-        kind 'classify' -> EncoderClassifier, 'pair' -> DualEncoder, 'tokens' -> CausalLM;
-        every model: model(x, state=None) -> (logits, state). A variant that cannot run the
+        by ``cfg.arch``: 'encoder' (the default) by kind: 'classify' -> EncoderClassifier,
+        'pair' -> DualEncoder, 'tokens' -> CausalLM; the vision archs classify images (kind
+        'classify', pixels [B, C*H*W] with ``cfg.image`` = (C, H, W)): 'vit' -> ViT (DeiT with
+        ``cfg.distill``), 'swin' -> SwinNet, 'pvt' -> PVT.
+        Every model: model(x, state=None) -> (logits, state). A variant that cannot run the
         model's case (non-causal xl, swin in a causal LM, a kernel without a backward on
         ``device``) raises attnbench.case.Unsupported with the registry's reasons.
     count_params(model) -> int
@@ -23,20 +26,31 @@ import torch.nn as nn
 
 from attnbench.data.base import KINDS
 from attnbench.models import fairness
-from attnbench.models.config import ModelConfig
+from attnbench.models.config import ARCHS, ModelConfig
 from attnbench.models.encoder import DualEncoder, EncoderClassifier
 from attnbench.models.fairness import FAIRNESS_LIMIT, count_params
 from attnbench.models.lm import CausalLM
+from attnbench.models.pvt import PVT
+from attnbench.models.swin_net import SwinNet
+from attnbench.models.vit import ViT
 
 MODELS = {"classify": EncoderClassifier, "pair": DualEncoder, "tokens": CausalLM}
 assert tuple(MODELS) == KINDS
+VISION_MODELS = {"vit": ViT, "swin": SwinNet, "pvt": PVT}  # kind 'classify' only
+assert ("encoder", *VISION_MODELS) == ARCHS
 
 
 def build_model(kind: str, cfg: ModelConfig, *, device: str = "cpu", check: bool = True) -> nn.Module:
-    """The skeleton for data of ``kind`` (one of data.base.KINDS), on the CPU until moved."""
+    """The skeleton of ``cfg.arch`` for data of ``kind`` (one of data.base.KINDS), on the CPU until moved."""
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"arch {cfg.arch!r} not allowed; allowed: {', '.join(ARCHS)}")
     if kind not in MODELS:
         raise ValueError(f"kind {kind!r} not allowed; allowed: {', '.join(MODELS)}")
-    return MODELS[kind](cfg, device=device, check=check)
+    if cfg.arch == "encoder":
+        return MODELS[kind](cfg, device=device, check=check)
+    if kind != "classify":
+        raise ValueError(f"kind {kind!r} not allowed with arch {cfg.arch!r}; allowed: classify (images)")
+    return VISION_MODELS[cfg.arch](cfg, device=device, check=check)
 
 
 def param_report(kind: str, cfg: ModelConfig, *, device: str = "cpu", check: bool = True) -> dict[str, Any]:
@@ -45,5 +59,5 @@ def param_report(kind: str, cfg: ModelConfig, *, device: str = "cpu", check: boo
     return fairness.param_report(kind, cfg, build_model, device=device, check=check)
 
 
-__all__ = ["FAIRNESS_LIMIT", "MODELS", "CausalLM", "DualEncoder", "EncoderClassifier", "ModelConfig",
-           "build_model", "count_params", "param_report"]
+__all__ = ["FAIRNESS_LIMIT", "MODELS", "PVT", "VISION_MODELS", "CausalLM", "DualEncoder", "EncoderClassifier",
+           "ModelConfig", "SwinNet", "ViT", "build_model", "count_params", "param_report"]

@@ -14,10 +14,17 @@ Choices made once here, for every variant alike (the Long Range Arena's fairness
 * **The variant's own tensors.** A spec's ``learned`` (XL's u, v_bias, W_r) become parameters
   here, passed to the kernel as keywords and counted. Everything else a kernel draws stays a
   fixed draw from its seed params, not learned: Performer's random features, LSH's rotations,
-  and Swin's relative-position bias table (these skeletons are 1-D; the vision models come
-  later). Swin on a 1-D sequence uses its default grid, the most nearly square factorization
-  of N. ``lsh@shared_qk`` ignores k (keys are the normalized queries): its K projection is kept,
-  unused, so that every variant has the same skeleton.
+  and, in the 1-D skeletons, Swin's relative-position bias table. Swin on a 1-D sequence uses
+  its default grid, the most nearly square factorization of N. ``lsh@shared_qk`` ignores k (keys
+  are the normalized queries): its K projection is kept, unused, so that every variant has the
+  same skeleton.
+* **A block's own params and tensors.** A block may add params of its own over the config's
+  (``params``: the vision skeletons give a grid variant its stage's ``grid``, Swin's alternating
+  ``shift``, PVT's ``ratio``; :func:`grid_params`) and tensors the kernel takes as keywords
+  (``extra``: the vision skeletons' learned Swin bias table); they are parameters here, passed to
+  the kernel and counted as the variant's own.
+* **Cross attention.** ``forward(x, context=...)`` takes K and V from ``context`` [B, M, C]
+  instead of ``x`` (PVT's spatially reduced tokens): N queries against M keys.
 * **State.** A variant of the ``memory`` family (Transformer-XL) returns a state, its memory of
   earlier segments' keys and values (detached); the module hands it back to the caller. The
   memory caches projected K/V, not hidden states as the paper does: the forward is the same,
@@ -58,6 +65,20 @@ def kv_heads_used(cfg: ModelConfig, spec: VariantSpec) -> int:
     return cfg.kv_heads or cfg.heads
 
 
+def takes_grid(spec: VariantSpec) -> bool:
+    """Variants that attend over a 2-D token grid (they declare a ``grid`` parameter: swin, sra)."""
+    return "grid" in spec.params
+
+
+def grid_params(spec: VariantSpec, grid: tuple[int, int], index: int, ratio: int | None = None) -> dict[str, Any]:
+    """A vision block's params for a variant, of those it declares: the stage's ``grid`` (H, W),
+    ``shift`` False then True block after block (Swin's W-MSA, SW-MSA), the stage's ``ratio``."""
+    if not takes_grid(spec):
+        return {}
+    given = {"grid": (int(grid[0]), int(grid[1])), "shift": index % 2 == 1, "ratio": ratio}
+    return {k: v for k, v in given.items() if k in spec.params and v is not None}
+
+
 def require_supported(cfg: ModelConfig, n: int, causal: bool, *, device: str = "cpu",
                       dtype: str = "float32", train: bool = True) -> None:
     """Raise :class:`Unsupported` with the registry's reasons if the config's variant cannot run
@@ -86,12 +107,15 @@ def model_record(cfg: ModelConfig, causal: bool, **choices: Any) -> dict[str, An
 
 
 class Attention(nn.Module):
-    """x [B, N, C] -> (y [B, N, C], state): the registry variant between the projections."""
+    """x [B, N, C] (K/V from ``context`` [B, M, C] if given) -> (y [B, N, C], state): the registry
+    variant between the projections. ``params``: the block's own over the config's; ``extra``:
+    tensors the kernel takes as keywords, learned here (module docstring)."""
 
-    def __init__(self, cfg: ModelConfig, causal: bool):
+    def __init__(self, cfg: ModelConfig, causal: bool, params: dict[str, Any] | None = None,
+                 extra: dict[str, torch.Tensor] | None = None):
         super().__init__()
         self.spec = catalog.get(cfg.variant)  # UnknownVariant: the registry's own message
-        self.overrides = dict(cfg.params)
+        self.overrides = {**cfg.params, **(params or {})}
         self.params = self.spec.resolve_params(self.overrides)  # resolved once (ParamError)
         self.causal = causal
         self.h, self.hkv, self.d = cfg.heads, kv_heads_used(cfg, self.spec), cfg.head_dim
@@ -103,21 +127,35 @@ class Attention(nn.Module):
         own = self.spec.learned(self.h, self.d, self.params) if self.spec.learned else {}
         self.own = nn.ParameterDict({k: nn.Parameter(t.detach().clone().to(torch.get_default_dtype()))
                                      for k, t in own.items()})
+        self.extra = nn.ParameterDict({k: nn.Parameter(t.detach().clone()) for k, t in (extra or {}).items()})
         self.need_weights, self.weights = False, None
         self._checked: set[tuple] = set()
 
-    def forward(self, x: torch.Tensor, state: Any = None) -> tuple[torch.Tensor, Any]:
+    def forward(self, x: torch.Tensor, state: Any = None, context: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, Any]:
         B, N, _ = x.shape
+        src = x if context is None else context  # [B, M, C]: where keys and values come from
+        M = src.shape[1]
         q = self.q(x).view(B, N, self.h, self.d).transpose(1, 2)  # [B, H, N, D]
-        k, v = self.kv(x).view(B, N, 2, self.hkv, self.d).permute(2, 0, 3, 1, 4)  # 2 x [B, Hkv, N, D]
+        k, v = self.kv(src).view(B, M, 2, self.hkv, self.d).permute(2, 0, 3, 1, 4)  # 2 x [B, Hkv, M, D]
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
         self._check(q, k)
         r = self.spec.forward(q, k, v, causal=self.causal, state=state, need_weights=self.need_weights,
-                              **self.params, **self.own)
+                              **self.params, **self.own, **self.extra)
         self.weights = r.weights if self.need_weights else None  # [B, H, N, M] or None
         y = self.drop(r.out).transpose(1, 2).reshape(B, N, self.h * self.d)  # [B, N, C]
         return self.proj(y), r.state
+
+    def require(self, n: int, m: int, *, device: str = "cpu", dtype: str = "float32", train: bool = True,
+                batch: int = 1) -> None:
+        """Raise :class:`Unsupported` with the registry's reasons if this block's variant, with its
+        resolved params, cannot attend ``n`` queries to ``m`` keys here."""
+        shape = Shape(batch=batch, heads=self.h, kv_heads=self.hkv, seq_len=n, kv_len=m, head_dim=self.d,
+                      dtype=dtype, device=device, causal=self.causal, mode="fwd+bwd" if train else "fwd")
+        reasons = self.spec.not_supported_reasons(shape, self.params)
+        if reasons:
+            raise Unsupported(f"{self.spec.name}: " + "; ".join(reasons))
 
     def _check(self, q: torch.Tensor, k: torch.Tensor) -> None:
         """The registry's reasons for this call's case, once per case (Unsupported if any)."""
@@ -125,12 +163,8 @@ class Attention(nn.Module):
         key = (q.shape[2], k.shape[2], str(q.device), q.dtype, train)
         if key in self._checked:
             return
-        shape = Shape(batch=q.shape[0], heads=self.h, kv_heads=self.hkv, seq_len=key[0], kv_len=key[1],
-                      head_dim=self.d, dtype=str(q.dtype).removeprefix("torch."), device=key[2],
-                      causal=self.causal, mode="fwd+bwd" if train else "fwd")
-        reasons = self.spec.not_supported_reasons(shape, self.params)
-        if reasons:
-            raise Unsupported(f"{self.spec.name}: " + "; ".join(reasons))
+        self.require(key[0], key[1], device=key[2], dtype=str(q.dtype).removeprefix("torch."), train=train,
+                     batch=q.shape[0])
         self._checked.add(key)
 
     def set_params(self, overrides: dict[str, Any]) -> None:

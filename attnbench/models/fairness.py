@@ -1,6 +1,7 @@
 """Fairness, the Long Range Arena's rule: every variant trains in the identical skeleton with the
 identical hyperparameters, and its parameter count stays within FAIRNESS_LIMIT of full
-attention's in that skeleton. Counted before training and recorded; the variant's own weights
+attention's in that skeleton (per arch: a Swin with a variant against the same Swin with full
+attention). Counted before training and recorded; the variant's own weights
 (XL's u, v_bias, W_r) count and MQA/GQA count their smaller K/V projections.
 
 The rule compares the weights apart from absolute position tables: a variant that brings its
@@ -29,8 +30,10 @@ def count_params(model: nn.Module) -> int:
 
 
 def own_params(model: nn.Module) -> int:
-    """Parameters the variant itself brings (a spec's ``learned`` tensors)."""
-    return sum(p.numel() for m in model.modules() if isinstance(m, Attention) for p in m.own.values())
+    """Parameters the variant itself brings (a spec's ``learned`` tensors, and the tensors a
+    vision block learns for it: Swin's bias tables)."""
+    return sum(p.numel() for m in model.modules() if isinstance(m, Attention)
+               for p in (*m.own.values(), *m.extra.values()))
 
 
 def position_params(model: nn.Module) -> int:

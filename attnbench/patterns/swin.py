@@ -11,8 +11,9 @@ together from opposite edges never attend to each other. As in Swin (``SwinTrans
 ``if min(input_resolution) <= window_size``), when the grid's shorter side is at most M the
 window shrinks to that side and there is no shift: one window for a square grid, min(H, W)
 windows for an elongated one (a 1 x n grid, e.g. a prime n, gets M = 1). A learned
-relative-position bias table [(2M-1)^2, heads] is added to the scores (here drawn from
-``seed`` with std ``bias_std``, so kernels and reference share it).
+relative-position bias table [heads, (2M-1)^2] is added to the scores: drawn from ``seed``
+with std ``bias_std`` (so kernels and reference share it), or, when a model learns it, given
+to every kernel as ``bias_table=`` (``table_for``: the shape is checked, gradients reach it).
 
 Queries and keys are the same N tokens of one grid: N == M always (no decode, no N > M).
 
@@ -23,7 +24,6 @@ CPU, where integer div/mod per score dominated.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 
@@ -31,20 +31,7 @@ from attnbench import params as P
 from attnbench.cache import normal_tensors
 from attnbench.case import freeze
 from attnbench.patterns.base import Pattern
-
-
-def grid_for(n: int, params: dict) -> tuple[int, int]:
-    """Swin's (H, W) grid: ``params['grid']`` or the most nearly square factorization of n."""
-    g = params.get("grid")
-    if g:
-        h, w = int(g[0]), int(g[1])
-        if h * w != n:
-            raise ValueError(f"grid {h}x{w} has {h * w} tokens, the sequence has {n}")
-        return h, w
-    h = int(math.isqrt(n))
-    while n % h:
-        h -= 1
-    return h, n // h
+from attnbench.patterns.grid import grid_for, grid_reasons
 
 
 def swin_geometry(n: int, params) -> dict:
@@ -108,15 +95,38 @@ def _swin_mask(n, m, params, device):
 @normal_tensors
 @functools.lru_cache(maxsize=32)
 def bias_table(heads: int, win: int, seed: int, std: float, device: str, dtype: torch.dtype) -> torch.Tensor:
-    """[heads, (2M-1)^2] relative-position bias (a learned parameter in a model)."""
+    """[heads, (2M-1)^2] relative-position bias drawn from ``seed`` (the benchmark's stand-in for
+    a learned table; cached, so it never sees a tensor argument)."""
     gen = torch.Generator().manual_seed(seed)
     t = torch.randn(heads, (2 * win - 1) ** 2, generator=gen, dtype=torch.float64) * std
     return t.to(device=device, dtype=dtype)
 
 
-def _swin_bias(n, m, heads, params, device, dtype):
+def bias_table_init(n: int, heads: int, params) -> torch.Tensor:
+    """A new [heads, (2M-1)^2] float64 CPU tensor holding the seeded table for n tokens (M: the
+    window after the shrink rule): where a model that learns its table starts."""
     g = swin_geometry(n, params)
-    table = bias_table(heads, g["win"], int(params["seed"]), float(params["bias_std"]), str(device), dtype)
+    return bias_table(heads, g["win"], int(params["seed"]), float(params["bias_std"]), "cpu", torch.float64).clone()
+
+
+def table_for(n: int, heads: int, params, device, dtype, given: torch.Tensor | None = None) -> torch.Tensor:
+    """The [heads, (2M-1)^2] table a kernel adds: ``given`` (a model's learned ``bias_table``,
+    moved to ``device`` and ``dtype``, gradients flowing back to it), else the seeded draw.
+    A given table of another shape raises ValueError naming the expected one."""
+    g = swin_geometry(n, params)
+    if given is None:
+        return bias_table(heads, g["win"], int(params["seed"]), float(params["bias_std"]), str(device), dtype)
+    want = (heads, (2 * g["win"] - 1) ** 2)
+    if tuple(given.shape) != want:
+        raise ValueError(f"bias_table has shape {list(given.shape)}; expected [heads, (2M-1)^2] = {list(want)} "
+                         f"(M = {g['win']}: the window on the {g['h']}x{g['w']} grid after Swin's shrink rule)")
+    return given.to(device=device, dtype=dtype)
+
+
+def _swin_bias(n, m, heads, params, device, dtype, table=None):
+    """(score_mod, dense_bias) adding the relative-position bias: ``table`` (a given, learned
+    [heads, (2M-1)^2] tensor) or the seeded draw."""
+    table = table_for(n, heads, params, device, dtype, table)
     _, pos, offset = _tables(n, params, device)
 
     def score_mod(score, b, h, q_idx, kv_idx):
@@ -153,11 +163,7 @@ def _swin_pairs(n, m, causal, params):
 
 
 def _grid_reasons(n: int, m: int, params: dict) -> list[str]:
-    g = params.get("grid")
-    if g and g[0] * g[1] != n:
-        return [f"swin grid {g[0]}x{g[1]} holds {g[0] * g[1]} tokens, the sequence has {n}: "
-                f"give grid=none (the most nearly square factorization) or a grid of n tokens"]
-    return []
+    return grid_reasons("swin", n, params)
 
 
 SWIN = Pattern(

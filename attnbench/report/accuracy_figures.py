@@ -38,6 +38,7 @@ from attnbench.schema import params_key
 
 SEED_ALPHA = 0.35  # thin line of one seed under the variant's mean line
 LABEL_PALETTE = "tab10"
+CYCLE_LINESTYLES = ("-", "--", ":", "-.")  # labels 1-10 solid, 11-20 dashed, ...: no two lines alike
 BUBBLE_MAX_AREA = 2400.0  # points², the largest memory's bubble; area is proportional to memory
 GROUP_COLS = ("dtype", "causal", "batch", "heads", "head_dim")
 
@@ -54,6 +55,19 @@ def label_colors(labels: list[str]) -> dict[str, tuple]:
             out[lab] = BASELINE_COLOR
         else:
             out[lab] = tuple(pal[i % 10])
+            i += 1
+    return out
+
+
+def label_linestyles(colors: dict[str, tuple]) -> dict[str, str]:
+    """A line style per label of :func:`label_colors`: the n-th ``tab10`` cycle of colours gets
+    the n-th style, so labels beyond ten stay distinguishable."""
+    out, i = {}, 0
+    for lab, col in colors.items():
+        if col == BASELINE_COLOR:
+            out[lab] = "-"
+        else:
+            out[lab] = CYCLE_LINESTYLES[(i // 10) % len(CYCLE_LINESTYLES)]
             i += 1
     return out
 
@@ -76,7 +90,7 @@ def curve_figure(df: pd.DataFrame, task: str, colors: dict[str, tuple]):
     scale = 100.0 if metric == "accuracy" else 1.0
     fig = Figure(figsize=(8.0, 4.2), layout="constrained")
     ax = fig.subplots()
-    missing = []
+    missing, styles = [], label_linestyles(colors)
     for lab in [x for x in colors if x in set(g["label"])]:
         seeds = g[g["label"] == lab].sort_values("seed")
         curves = {}
@@ -86,12 +100,13 @@ def curve_figure(df: pd.DataFrame, task: str, colors: dict[str, tuple]):
                 continue
             curves[int(seed)] = {int(c[0]): float(c[2]) * scale for c in curve if c[2] is not None}
             steps = sorted(curves[int(seed)])
-            ax.plot(steps, [curves[int(seed)][s] for s in steps], color=colors[lab], lw=0.8, alpha=SEED_ALPHA)
+            ax.plot(steps, [curves[int(seed)][s] for s in steps], color=colors[lab], ls=styles[lab], lw=0.8,
+                    alpha=SEED_ALPHA)
         if not curves:
             continue
         shared = sorted(set.intersection(*(set(c) for c in curves.values())))
         mean = [float(np.mean([c[s] for c in curves.values()])) for s in shared]
-        ax.plot(shared, mean, color=colors[lab], lw=1.8, label=f"{lab} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+        ax.plot(shared, mean, color=colors[lab], ls=styles[lab], lw=1.8, label=f"{lab} ({len(curves)} seed{'s' * (len(curves) > 1)})")
     _majority_line(ax, g, scale)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("validation accuracy (%)" if metric == "accuracy" else f"validation {metric.replace('_', ' ')}")

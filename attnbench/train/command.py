@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import difflib
 import importlib
 import inspect
 import sys
@@ -43,6 +44,7 @@ TRAIN_EXAMPLES = [
     "python -m attnbench train --task listops --variants all --seeds 0,1,2 --out results/train/listops",
     "python -m attnbench train --task listops --variants 'sliding_window[window=16,64]' train.lr=3e-4",
     "python -m attnbench train --task text data.root=/data/aclImdb --size paper --variants all",
+    "python -m attnbench train --task vision --variants full,swin model.arch=swin   # vit | swin | pvt",
     "python -m attnbench train --out results/train/listops --resume     # continue an interrupted run",
 ]
 DATA_EXAMPLES = [
@@ -145,6 +147,7 @@ def cmd_train(args) -> int:
     settings = _settings(args)
     configs = {t: tasks.load(t, settings["size"], settings["overrides"], settings.get("tasks_dir"))
                for t in settings["tasks"]}
+    check_model_choices(configs)
     plans = plan_jobs(settings, configs)
     out = Path(settings["out"])
     if not args.resume and (out / "results.jsonl").exists():
@@ -173,6 +176,25 @@ def cmd_train(args) -> int:
 
     write_outputs(out)
     return print_summary(out)
+
+
+def check_model_choices(configs: dict[str, dict]) -> None:
+    """An unknown ``model.arch`` or a distillation teacher (``train.teacher``) that is not there:
+    one line, exit 2, before any job."""
+    from attnbench.models.config import ARCHS
+    from attnbench.train.distill import TeacherError, read_teacher
+
+    for cfg in configs.values():
+        arch = cfg["model"].get("arch", "encoder")
+        if arch not in ARCHS:
+            close = difflib.get_close_matches(str(arch), ARCHS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TrainUsageError(f"model.arch {arch!r} not allowed{hint}; allowed: {', '.join(ARCHS)}")
+        if cfg["train"].get("teacher"):
+            try:
+                read_teacher(cfg["train"]["teacher"])
+            except TeacherError as e:
+                raise TrainUsageError(str(e)) from None
 
 
 def _run_all(todo, out: Path, paths: dict[str, Path], settings, env, resume: bool) -> None:

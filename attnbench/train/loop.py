@@ -11,6 +11,9 @@ checkpoint are recomputed from that checkpoint's state, never applied twice).
 
 Divergence: a non-finite loss, or one above ``diverge_factor`` x the first step's loss, stops
 the job with status ``diverged``.
+
+Distillation (DeiT): with ``model.distill`` the loss is DeiT's hard distillation against the
+frozen teacher named by ``train.teacher`` (:mod:`attnbench.train.distill`).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from attnbench.case import Unsupported
 from attnbench.data.base import TaskData
 from attnbench.models import FAIRNESS_LIMIT, build_model, param_report
 from attnbench.models.config import ModelConfig
-from attnbench.train import batches, checkpoint, metrics
+from attnbench.train import batches, checkpoint, distill, metrics
 
 
 class Diverged(Exception):
@@ -84,17 +87,24 @@ def lr_lambda(warmup: int, total: int, min_ratio: float, kind: str = "cosine") -
 
 
 def optimizer(model: torch.nn.Module, tc: dict[str, Any]) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    """AdamW decaying weight matrices only, and not those the model names in ``no_weight_decay()``
+    (timm's convention: the vision skeletons' tokens, position and bias tables)."""
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if p.dim() >= 2 and n not in skip]
+    rest = [p for n, p in named if p.dim() < 2 or n in skip]
     groups = [{"params": decay, "weight_decay": tc["weight_decay"]}, {"params": rest, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=tc["lr"], betas=tuple(tc["betas"]), eps=tc.get("eps", 1e-8))
 
 
 def model_config(cfg: dict[str, Any], data: TaskData, variant: str, params: dict[str, Any]) -> ModelConfig:
-    """The task's skeleton for this data, with the job's attention: identical for every variant."""
+    """The task's skeleton for this data, with the job's attention: identical for every variant.
+    Images (``meta['image']``, the vision task) give the vision skeletons their (C, H, W)."""
     m = dict(cfg["model"])
+    image = data.meta.get("image")
     return ModelConfig(**m, variant=variant, params=dict(params), vocab_size=data.vocab_size,
-                       num_classes=data.num_classes, max_len=data.seq_len, causal=data.kind == "tokens")
+                       num_classes=data.num_classes, max_len=data.seq_len, causal=data.kind == "tokens",
+                       image=tuple(image) if image else None)
 
 
 class Job:
@@ -117,6 +127,7 @@ class Job:
                               f"{self.fair['full_params']} in the same skeleton (position tables aside), outside "
                               f"LRA's fairness rule of ±{limit:.0%} (train.fairness_limit)")
         self.model = build_model(self.data.kind, self.mcfg)
+        self.teacher, self.teacher_job = self._teacher()
         self.opt = optimizer(self.model, self.tc)
         total = int(self.tc["steps"])
         self.sched = torch.optim.lr_scheduler.LambdaLR(
@@ -124,6 +135,20 @@ class Job:
                                 self.tc.get("schedule", "cosine")))
         self.st = State()
         self.rec_state = None  # the recurrent state carried between stream steps
+
+    def _teacher(self) -> tuple[torch.nn.Module | None, distill.TeacherJob | None]:
+        """DeiT's frozen teacher (``train.teacher``) when the model distills, else (None, None)."""
+        path = self.tc.get("teacher")
+        if not path and not self.mcfg.distill:
+            return None, None
+        if not path:
+            raise distill.TeacherError(f"model.distill needs train.teacher: {distill.LAYOUT}")
+        if not self.mcfg.distill:
+            raise distill.TeacherError(f"train.teacher {path} needs model.distill=true (a ViT with DeiT's "
+                                       f"distillation head, model.arch=vit)")
+        job = distill.read_teacher(path)
+        tcfg = model_config(job.spec["config"], self.data, job.spec["variant"], job.spec.get("params") or {})
+        return distill.load_weights(build_model(self.data.kind, tcfg, check=False), job), job
 
     # -- checkpoints ------------------------------------------------------------------------
     def save(self) -> None:
@@ -158,9 +183,13 @@ class Job:
 
     def _step(self, step: int) -> float:
         x, y = self._batch(step)
-        logits, state = self.model(x, state=self.rec_state if self.stream else None)
-        self.rec_state = state if self.stream else None
-        loss = metrics.loss_fn(logits, y)
+        if self.teacher is not None:  # DeiT: both heads, the distillation head on the teacher's classes
+            cls_logits, dist_logits = self.model.heads(x)
+            loss = distill.loss(cls_logits, dist_logits, y, distill.hard_targets(self.teacher, x))
+        else:
+            logits, state = self.model(x, state=self.rec_state if self.stream else None)
+            self.rec_state = state if self.stream else None
+            loss = metrics.loss_fn(logits, y)
         value = float(loss.detach())
         first = self.st.first_loss if self.st.first_loss is not None else value
         if not math.isfinite(value) or value > float(self.tc.get("diverge_factor", 10.0)) * max(first, 1e-3):
@@ -235,6 +264,14 @@ class Job:
         """Task-specific figures: a segment-memory LM also tested without its memory."""
         out: dict[str, Any] = {"majority": self.data.majority_share("test"),
                                "chance": None if self.data.kind == "tokens" else 1.0 / self.data.num_classes}
+        if self.mcfg.arch != "encoder":
+            out["arch"] = self.mcfg.arch
+        if self.teacher is not None:
+            t = self.teacher_job
+            out["teacher"] = {"path": t.path, "variant": t.spec["variant"], "params": t.spec.get("params"),
+                              "arch": t.spec["config"]["model"].get("arch", "encoder"),
+                              "test": metrics.evaluate(self.teacher, self.data.test, self.metric,
+                                                       int(self.tc.get("eval_batch_size", 64)), False).value}
         if self.stream and self.model.has_memory():
             with self.model.variant_params(mem_len=0):
                 out["test_no_memory"] = self._evaluate("test").value

@@ -5,4 +5,4 @@ import what they need and nothing depends on the order below.
 """
 from attnbench.variants import full, sdpa, mqa, flex, masked  # noqa: F401  dense, kv sharing, generic pattern kernels
 from attnbench.variants import window, sparse, swin, xformers  # noqa: F401  @blocked / @xformers pairings
-from attnbench.variants import linear, lsh, xl  # noqa: F401  approximate and stateful families
+from attnbench.variants import linear, lsh, sra, xl  # noqa: F401  approximate, reduced and stateful families

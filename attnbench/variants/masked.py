@@ -8,6 +8,9 @@
 * ``P@sdpa_mask`` — SDPA with the pattern materialized as a boolean [N, M] mask, evaluated per
   call: what a mask alone buys (nothing in time; O(N M) memory for the mask), the LRA way of
   emulating patterns.
+
+A pattern with a bias (Swin's relative-position table) takes ``bias_table=`` in every kernel: a
+model's learned table in place of the seeded draw (kept out of the cached, frozen params).
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from attnbench import reference
-from attnbench.case import Shape, freeze
+from attnbench.case import Shape, Unsupported, freeze
 from attnbench.costs import fused_bytes, materialized_bytes, scores_bytes
 from attnbench.patterns import PATTERNS, Pattern, add_pattern, dense_mask, pattern_flops
 from attnbench.registry import AttnOutput, VariantSpec, add
@@ -46,18 +49,25 @@ def _sdpa_mask_reasons(shape: Shape) -> list[str]:
     return []
 
 
-def _bias(p: Pattern, n, m, heads, params, device, dtype):
+def _bias(p: Pattern, n, m, heads, params, device, dtype, table=None):
+    """(score_mod, dense_bias) of the pattern's bias, or (None, None). ``table``: a given
+    (learned) bias table, e.g. Swin's [heads, (2M-1)^2], used instead of the seeded draw."""
     if p.make_bias is None:
+        if table is not None:
+            raise ValueError(f"{p.name} has no relative-position bias: bias_table is not taken")
         return None, None
-    return p.make_bias(n, m, heads, params, device, dtype)
+    if table is None:
+        return p.make_bias(n, m, heads, params, device, dtype)
+    return p.make_bias(n, m, heads, params, device, dtype, table=table)
 
 
 def make_dense(p: Pattern):
-    def forward(q, k, v, *, causal=False, state=None, need_weights=False, **params) -> AttnOutput:
+    def forward(q, k, v, *, causal=False, state=None, need_weights=False, bias_table=None,
+                **params) -> AttnOutput:
         """q [B, H, N, D], k/v [B, Hkv, M, D]; mask (and bias) materialized: O(N M)."""
         n, m = q.shape[2], k.shape[2]
         mask = dense_mask(p, n, m, params, causal=causal, device=q.device)  # [N, M]
-        _, dense_bias = _bias(p, n, m, q.shape[1], params, q.device, q.dtype)
+        _, dense_bias = _bias(p, n, m, q.shape[1], params, q.device, q.dtype, bias_table)
         bias = None if dense_bias is None else dense_bias(torch.arange(n, device=q.device),
                                                           torch.arange(m, device=q.device))  # [H, N, M]
         r = reference.attention(q, k, v, mask=mask, bias=bias)
@@ -79,22 +89,28 @@ def _flex_block_mask(p: Pattern, n: int, m: int, causal: bool, frozen: tuple, de
 
 
 def make_flex(p: Pattern):
-    def forward(q, k, v, *, causal=False, state=None, need_weights=False, **params) -> AttnOutput:
+    def forward(q, k, v, *, causal=False, state=None, need_weights=False, bias_table=None,
+                **params) -> AttnOutput:
         """q [B, H, N, D], k/v [B, Hkv, M, D]; fused kernel over the pattern's BlockMask."""
         n, m = q.shape[2], k.shape[2]
+        if (bias_table is not None and bias_table.requires_grad and torch.is_grad_enabled()
+                and q.device.type == "cpu"):
+            raise Unsupported(f"{p.name}@flex has no backward on CPU, so it cannot learn a bias_table "
+                              f"that requires grad: use {p.name}@blocked or {p.name}@dense, or pass it detached")
         bm = _flex_block_mask(p, n, m, causal, freeze(params), str(q.device))
-        score_mod, _ = _bias(p, n, m, q.shape[1], params, q.device, q.dtype)
+        score_mod, _ = _bias(p, n, m, q.shape[1], params, q.device, q.dtype, bias_table)
         return flex_forward(q, k, v, block_mask=bm, score_mod=score_mod)
 
     return forward
 
 
 def make_sdpa_mask(p: Pattern):
-    def forward(q, k, v, *, causal=False, state=None, need_weights=False, **params) -> AttnOutput:
+    def forward(q, k, v, *, causal=False, state=None, need_weights=False, bias_table=None,
+                **params) -> AttnOutput:
         """q [B, H, N, D], k/v [B, Hkv, M, D]; SDPA with a materialized [N, M] mask."""
         n, m = q.shape[2], k.shape[2]
         mask = dense_mask(p, n, m, params, causal=causal, device=q.device)  # [N, M]
-        _, dense_bias = _bias(p, n, m, q.shape[1], params, q.device, q.dtype)
+        _, dense_bias = _bias(p, n, m, q.shape[1], params, q.device, q.dtype, bias_table)
         attn_mask = mask
         if dense_bias is not None:
             b = dense_bias(torch.arange(n, device=q.device), torch.arange(m, device=q.device))  # [H, N, M]

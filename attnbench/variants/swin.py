@@ -15,7 +15,7 @@ import torch
 from attnbench.cache import normal_tensors
 from attnbench.case import Shape, Unsupported
 from attnbench.patterns import SWIN
-from attnbench.patterns.swin import bias_table, region, swin_geometry
+from attnbench.patterns.swin import region, swin_geometry, table_for
 from attnbench.registry import AttnOutput, VariantSpec, add
 from attnbench.variants.masked import pattern_kernel_fields, pattern_reasons
 
@@ -69,8 +69,11 @@ def _window_plan(n: int, h: int, w: int, win: int, shift: int, hp: int, wp: int,
     return src, dst, (blocked if bool(blocked.any()) else None), rel
 
 
-def swin_blocked(q, k, v, *, causal=False, state=None, need_weights=False, **params) -> AttnOutput:
+def swin_blocked(q, k, v, *, causal=False, state=None, need_weights=False, bias_table=None,
+                 **params) -> AttnOutput:
     """q [B, H, n, D], k/v [B, Hkv, n, D] on the pattern's H x W grid -> out [B, H, n, D].
+    ``bias_table`` [H, (2M-1)^2]: a model's learned table instead of the seeded one (its
+    gradient flows back through the gather below).
 
     Gather every token into its window slot (one index_select does the grid reshape, the pad to
     multiples of M, the roll by -s and the window partition), attend inside each M x M window
@@ -96,7 +99,7 @@ def swin_blocked(q, k, v, *, causal=False, state=None, need_weights=False, **par
     qw = qw.transpose(2, 3).reshape(b, hkv, nw, grp * T, d)  # [B, Hkv, nW, G*T, D]
     kw = k.index_select(2, src).reshape(b, hkv, nw, T, d)  # [B, Hkv, nW, T, D]
     vw = v.index_select(2, src).reshape(b, hkv, nw, T, d)  # [B, Hkv, nW, T, D]
-    table = bias_table(heads, win, int(params["seed"]), float(params["bias_std"]), str(q.device), q.dtype)
+    table = table_for(n, heads, params, q.device, q.dtype, bias_table)  # [H, (2M-1)^2]
     bias = table[:, rel].view(hkv, 1, grp, T, T)  # [Hkv, 1, G, T, T]: query head kv * G + g
     s = torch.matmul(qw, kw.transpose(-1, -2))  # [B, Hkv, nW, G*T, T]
     # bias + scale * scores in one op; the result is no view, so the masked fill can be in place
