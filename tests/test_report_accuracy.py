@@ -197,3 +197,14 @@ def test_curve_styles_keep_every_label_distinct_beyond_ten_colours():
     looks = {(colors[lab], styles[lab]) for lab in labels}
     assert len(looks) == len(labels)  # no two lines drawn alike
     assert [styles[f"v{i}"] for i in (0, 9, 10, 13)] == ["-", "-", "--", "--"]
+
+
+def test_an_arch_other_than_the_encoder_names_its_own_task_column():
+    from attnbench.report.accuracy import frame
+
+    common = dict(task="vision", size="small", variant="full@sdpa", pattern="full", kernel="sdpa", params={},
+                  param_label="", seed=0, status="ok", metric="accuracy", higher_is_better=True, test=0.9)
+    rows = [make_row(arch="vit", **common), make_row(arch="swin", **common),
+            make_row(**{**common, "task": "listops"}),  # a version-1 row: no arch, LRA's encoder
+            make_row(arch="encoder", **{**common, "task": "image", "size": "paper"})]
+    assert list(frame(rows)["task_label"]) == ["vision/vit", "vision/swin", "listops", "image (paper)"]

@@ -99,3 +99,19 @@ def test_accuracy_table_mean_std_and_average_by_hand():
     assert accuracy.reference_lines(accuracy.frame(rows)) == ["a: chance 10.0%, majority class 50.0% of test",
                                                              "b: chance 10.0%, majority class 50.0% of test"]
     assert isinstance(t.csv, pd.DataFrame) and set(t.csv["n"]) == {1, 2}
+
+
+def test_jobs_of_two_archs_neither_share_a_directory_nor_replace_each_others_rows():
+    from attnbench import catalog
+    from attnbench.train.runner import JobPlan
+    from attnbench.train.schema import job_key
+
+    cfg = {"version": 1, "model": {"arch": "vit"}}
+    vit = JobPlan("vision", "small", catalog.get("full"), {}, 0, cfg)
+    swin = JobPlan("vision", "small", catalog.get("full"), {}, 0, {**cfg, "model": {"arch": "swin"}})
+    enc = JobPlan("listops", "small", catalog.get("full"), {}, 0, {"version": 1, "model": {}})
+    assert vit.job_id == "vision-vit-small-full@sdpa-s0" and swin.job_id != vit.job_id
+    assert vit.key() != swin.key()
+    assert enc.job_id == "listops-small-full@sdpa-s0"  # encoder jobs keep the ids of runs made before arch
+    old_row = {"task": "listops", "size": "small", "variant": "full@sdpa", "params": {}, "seed": 0}  # version 1
+    assert job_key(old_row) == enc.key()

@@ -22,7 +22,7 @@ import pandas as pd
 
 from attnbench.models.fairness import FAIRNESS_LIMIT
 from attnbench.report.tables import MIB, NOT_RECORDED, STATUS_MARK, Table, fmt_num
-from attnbench.train.schema import is_train_row
+from attnbench.train.schema import DEFAULT_ARCH, is_train_row
 
 AVERAGE_RULE = ("average: mean of the per-task means over the accuracy tasks shown; a variant lacking an "
                 "ok seed on any of them has none")
@@ -45,7 +45,10 @@ def frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     several = df.groupby("pattern")["kernel"].transform("nunique") > 1
     name = df["variant"].where(several, df["pattern"])
     df["label"] = [p + (f"[{lab}]" if lab else "") for p, lab in zip(name, df["param_label"].fillna(""))]
-    df["task_label"] = df["task"] + np.where(df["size"] == "small", "", " (" + df["size"] + ")")
+    arch = df["arch"] if "arch" in df else pd.Series(None, index=df.index, dtype=object)
+    arch = arch.where(arch.notna() & (arch != DEFAULT_ARCH), "")  # encoder rows keep the bare task name
+    df["task_label"] = (df["task"] + np.where(arch == "", "", "/" + arch)
+                        + np.where(df["size"] == "small", "", " (" + df["size"] + ")"))
     return df
 
 

@@ -52,12 +52,17 @@ class JobPlan:
         return format_params(non_default(self.spec.params, self.params))
 
     @property
+    def arch(self) -> str:
+        return (self.config.get("model") or {}).get("arch") or schema.DEFAULT_ARCH
+
+    @property
     def job_id(self) -> str:
-        name = f"{self.task}-{self.size}-{self.spec.name}" + (f"[{self.label}]" if self.label else "") + f"-s{self.seed}"
+        arch = "" if self.arch == schema.DEFAULT_ARCH else f"-{self.arch}"  # encoder jobs keep their old ids
+        name = f"{self.task}{arch}-{self.size}-{self.spec.name}" + (f"[{self.label}]" if self.label else "") + f"-s{self.seed}"
         return re.sub(r"[^A-Za-z0-9_.@=,\[\]+-]", "_", name)
 
     def key(self) -> tuple:
-        return schema.job_key({"task": self.task, "size": self.size, "variant": self.spec.name,
+        return schema.job_key({"task": self.task, "size": self.size, "arch": self.arch, "variant": self.spec.name,
                                "params": self.params, "seed": self.seed})
 
 
@@ -163,7 +168,7 @@ def wait(jp: JobProcess, job_dir: Path, timeout_s: float, on_progress) -> tuple[
 def row_for(plan: JobPlan, result: dict | None, failure: str | None, jp: JobProcess, wall_s: float,
             env: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     s = plan.spec
-    common = dict(job=plan.job_id, task=plan.task, task_version=plan.config["version"], size=plan.size,
+    common = dict(job=plan.job_id, task=plan.task, task_version=plan.config["version"], size=plan.size, arch=plan.arch,
                   variant=s.name, pattern=s.pattern, kernel=s.kernel, family=s.family, params=plan.params,
                   param_label=plan.label, seed=plan.seed, wall_s=wall_s, device="cpu", config=plan.config,
                   config_hash=config_hash(plan.config), git_sha=env.get("git_sha"),

@@ -13,7 +13,7 @@ from typing import Any
 
 from attnbench.schema import Field, complete_row
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: arch (rows of version 1 are all encoder rows)
 ROW_KIND = "train"
 
 FIELDS: tuple[Field, ...] = (
@@ -23,6 +23,7 @@ FIELDS: tuple[Field, ...] = (
     Field("task", "str", "task name (tasks/<task>.yaml)"),
     Field("task_version", "int", "the task's version: results of different versions are not comparable"),
     Field("size", "str", "small | paper"),
+    Field("arch", "str", "the skeleton (config model.arch): encoder (LRA's), vit, swin, pvt"),
     Field("data_name", "str", "what the data is, named honestly (a generator, a bundled set, release files)"),
     Field("variant", "str", "pattern@kernel the model's attention ran"),
     Field("pattern", "str", "what is attended to"),
@@ -61,7 +62,8 @@ FIELDS: tuple[Field, ...] = (
     Field("git_sha", "str", "commit of the code"),
 )
 NAMES = tuple(f.name for f in FIELDS)
-KEY_FIELDS = ("task", "size", "variant", "params", "seed")
+KEY_FIELDS = ("task", "size", "arch", "variant", "params", "seed")
+DEFAULT_ARCH = "encoder"  # what a row without arch (version 1) trained
 
 
 def make_row(**values: Any) -> dict[str, Any]:
@@ -71,7 +73,12 @@ def make_row(**values: Any) -> dict[str, Any]:
 
 def job_key(row: dict[str, Any]) -> tuple:
     """What identifies a job across resumes and runs."""
-    return tuple(json.dumps(row.get(f) or {}, sort_keys=True) if f == "params" else row.get(f) for f in KEY_FIELDS)
+    def value(f: str) -> Any:
+        if f == "params":
+            return json.dumps(row.get(f) or {}, sort_keys=True)
+        return (row.get(f) or DEFAULT_ARCH) if f == "arch" else row.get(f)
+
+    return tuple(value(f) for f in KEY_FIELDS)
 
 
 def is_train_row(row: dict[str, Any]) -> bool:
