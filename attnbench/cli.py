@@ -40,7 +40,9 @@ EXAMPLES = {
     "run": ["python -m attnbench run --variants all --seq-lens 512..16384 > summary.txt",
             "python -m attnbench run --variants 'sliding_window@blocked[window=64,256]' --seq-lens 4096 --out results/runs/w",
             "python -m attnbench run --out results/runs/w --resume                          # continue a stopped run",
-            "python -m attnbench run --out results/runs/w --extend --seq-lens 4096,8192     # add cases; run.json records both grids"],
+            "python -m attnbench run --out results/runs/w --extend --seq-lens 4096,8192     # add cases; run.json records both grids",
+            "python -m attnbench run --level model --task text --variants full,sliding_window,linear --seq-lens 1024..4096",
+            "python -m attnbench run --level model --task text --variants all --max-n --mem-budgets 4,8,16"],
     "check": ["python -m attnbench check 'full@*' --quick",
               "python -m attnbench check mine@blocked --plugin my_kernel.py",
               "python -m attnbench check --device cuda --dtype bfloat16 --dtype float16"],
@@ -92,6 +94,7 @@ def _sub(sub, name: str, help_text: str) -> argparse.ArgumentParser:
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     from attnbench.config import SEQ_LENS_RULE, defaults
+    from attnbench.modelbench.command import add_arguments as model_arguments
 
     d = defaults()
     p.add_argument("--variants", help=f"{VARIANTS_HELP} (default: {d['variants']})")
@@ -120,7 +123,9 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-check", action="store_true", help="skip the sampled-row check before timing")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="hydra overrides of attnbench/conf/bench.yaml (every key, its default and type), e.g. "
-                        "timing.budget_s=2 or '+params.sliding_window.window=[64,256]' (a parameter grid)")
+                        "timing.budget_s=2 or '+params.sliding_window.window=[64,256]' (a parameter grid); at "
+                        "--level model: overrides of the task's config, e.g. model.layers=2")
+    model_arguments(p)
 
 
 def build_parser() -> Parser:
@@ -267,7 +272,12 @@ def cmd_list(args) -> int:
 
 def cmd_run(args) -> int:
     from attnbench.bench import run_benchmark
+    from attnbench.modelbench.command import MODEL_FLAGS, cmd_run_model, level, refuse
 
+    if level(args) == "model":
+        return cmd_run_model(args)
+    refuse(args, MODEL_FLAGS, "only with --level model (the task's whole skeleton); the kernel level times the "
+                              "attention call alone")
     cfg = run_config(args)
     run_benchmark(cfg, command=shlex.join(["python", "-m", "attnbench", *args.argv]))
     return 0
@@ -436,12 +446,15 @@ def _failure(e: BaseException) -> tuple[int, str]:
     from attnbench.train.command import TrainUsageError
     from attnbench.train.tasks import TaskError
     from attnbench.data.base import DataError
+    from attnbench.modelbench.inputs import InputsError
+    from attnbench.modelbench.plan import ModelBenchError
 
     if isinstance(e, (UsageError, ConfigError, UnknownVariant, ParamError, PluginError, TaskError, TrainUsageError,
-                      DataError)):
+                      DataError, ModelBenchError, InputsError)):
         return EXIT_USAGE, f"error: {e}"
     bench = sys.modules.get("attnbench.bench")  # only a run can be interrupted with a resume line
-    if isinstance(e, KeyboardInterrupt) or (bench is not None and isinstance(e, bench.Interrupted)):
+    model = sys.modules.get("attnbench.modelbench.runner")
+    if isinstance(e, KeyboardInterrupt) or any(m is not None and isinstance(e, m.Interrupted) for m in (bench, model)):
         return EXIT_INTERRUPTED, str(e) or "interrupted"
     if isinstance(e, StoreError):
         return EXIT_ENVIRONMENT, f"error: {e}"

@@ -2,7 +2,10 @@
 
 Cases are matched by their full key (``schema.KEY_FIELDS``: variant, its parameters, mode, n,
 batch, heads, K/V heads, head dim, dtype, device, causal); rows of older schema versions are
-upgraded first (their parameters gain the declared defaults they lack). For each matched case:
+upgraded first (their parameters gain the declared defaults they lack). A model-level row
+(``run --level model``) enters as two cases of that key, its training step and its inference
+forward, the mode naming the task (``text/paper train step``;
+``attnbench.modelbench.schema.timed_cases``), and is judged like any other. For each matched case:
 
 * ``ratio`` = new median / base median.
 * Both ``ok`` with at least ``MIN_SAMPLES`` raw samples (``samples_ms``) on each side: a
@@ -46,6 +49,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
+from attnbench.modelbench.schema import is_model_row, timed_cases
 from attnbench.params import ParamError, row_filter
 from attnbench.results import read_rows, upgraded
 from attnbench.schema import KEY_FIELDS, case_key, params_key
@@ -108,7 +112,10 @@ def load_run(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(rows, run.json) of a run directory or a results.jsonl file."""
     f = results_file(path)
     try:
-        rows = upgraded(read_rows(f))
+        raw = read_rows(f)
+        # model-level rows (row_kind "model") enter as the timed cases they hold: train step, inference
+        timed = [c for r in raw if is_model_row(r) for c in timed_cases(r)]
+        rows = upgraded([r for r in raw if not is_model_row(r)]) + timed
     except ValueError as e:  # a garbled line, or rows of a newer schema than this attnbench
         raise CompareError(f"{f}: {e}") from None
     if not rows:

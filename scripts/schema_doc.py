@@ -1,4 +1,5 @@
-"""Write docs/schema.md from the one definition of a row (attnbench/schema.py: FIELDS).
+"""Write docs/schema.md from the definitions of the rows (attnbench/schema.py, train/schema.py and
+modelbench/schema.py: FIELDS).
 
     python scripts/schema_doc.py          # rewrite docs/schema.md
     python scripts/schema_doc.py --check  # exit 1 if docs/schema.md is stale (the tests run this)
@@ -12,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from attnbench.schema import FIELDS, KEY_FIELDS, SCHEMA_VERSION  # noqa: E402
+from attnbench.modelbench import schema as model_schema  # noqa: E402
 from attnbench.train import schema as train_schema  # noqa: E402
 
 OUT = ROOT / "docs" / "schema.md"
@@ -47,6 +49,21 @@ def render() -> str:
         "| --- | --- | --- |",
     ]
     lines += [f"| `{f.name}` | {f.type} | {f.meaning} |" for f in train_schema.FIELDS]
+    lines += [
+        "",
+        f"# Model-level rows (model schema version {model_schema.SCHEMA_VERSION})",
+        "",
+        "`python -m attnbench run --level model --task T` writes one row per probe of the task's skeleton to the "
+        "same kind of store (`run.json` with `\"kind\": \"model\"`); its rows carry `row_kind = \"model\"` "
+        "(attnbench/modelbench/schema.py). A `measure` probe is one (variant, n) of the grid; a `max_n` probe is one "
+        "step of the longest-trainable-n search. Ratios to full attention are computed by the report, not stored.",
+        "",
+        f"A probe is identified by: {', '.join(f'`{k}`' for k in model_schema.KEY_FIELDS)}.",
+        "",
+        "| field | type | meaning |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| `{f.name}` | {f.type} | {f.meaning} |" for f in model_schema.FIELDS]
     return "\n".join(lines) + "\n"
 
 

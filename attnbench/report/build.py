@@ -74,6 +74,8 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
     train_rows: list[dict] = field(default_factory=list)  # row_kind "train", the last row per job
     train_runs: list[RunInfo] = field(default_factory=list)
+    model_rows: list[dict] = field(default_factory=list)  # row_kind "model", the last row per probe
+    model_runs: list[RunInfo] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,12 +121,18 @@ def load(inputs: Sequence[Path]) -> Loaded:
     runs: list[RunInfo] = []
     train_runs: list[RunInfo] = []
     train: list[dict] = []
+    model_runs: list[RunInfo] = []
+    model: list[dict] = []
     frames = []
     for label, f in files:
-        run, df, train_here = _read_run(label, f, len(runs))
-        if train_here:
-            train_runs.append(RunInfo(label, f, run.info, len(train_here)))
-            train += train_here
+        run, df, train_here, model_here = _read_run(label, f, len(runs))
+        if train_here or model_here:
+            if train_here:
+                train_runs.append(RunInfo(label, f, run.info, len(train_here)))
+                train += train_here
+            if model_here:
+                model_runs.append(RunInfo(label, f, run.info, len(model_here)))
+                model += model_here
             if df is None:
                 continue
         runs.append(run)
@@ -132,14 +140,18 @@ def load(inputs: Sequence[Path]) -> Loaded:
             notes.append(f"{label}: results.jsonl has no complete rows.")
             continue
         frames.append(df)
-    if not frames and not train:
+    if not frames and not train and not model:
         raise ReportError("RESULTS " + ", ".join(repr(r.path) for r in runs) +
                           ": no result rows to report (results.jsonl empty); run `python -m attnbench run` first")
+    from attnbench.report import model_level
+
     train, train_notes = _latest_train_rows(train)
+    model, model_notes = model_level.latest(model)
     if not frames:
-        return Loaded(None, runs, notes + train_notes, train, train_runs)
+        return Loaded(None, runs, notes + train_notes + model_notes, train, train_runs, model, model_runs)
     df, merge_notes = _latest_rows(_normalised(pd.concat(frames, ignore_index=True)))
-    return Loaded(_labels(df), runs, notes + merge_notes + train_notes, train, train_runs)
+    return Loaded(_labels(df), runs, notes + merge_notes + train_notes + model_notes, train, train_runs, model,
+                  model_runs)
 
 
 def _latest_train_rows(rows: list[dict]) -> tuple[list[dict], list[str]]:
@@ -170,31 +182,34 @@ def _input_files(inputs: Sequence[Path]) -> tuple[list[tuple[str, Path]], list[s
     return files, notes
 
 
-def _read_run(label: str, f: Path, index: int) -> tuple[RunInfo, pd.DataFrame | None, list[dict]]:
+def _read_run(label: str, f: Path, index: int) -> tuple[RunInfo, pd.DataFrame | None, list[dict], list[dict]]:
     """One results.jsonl (kernel rows upgraded to the current schema) and its run.json; the frame
     carries the run's fields and the merge order (``_started``, ``_input`` = ``index``, ``_order``),
-    or is None when the file has no complete kernel rows; the training rows apart, as stored."""
+    or is None when the file has no complete kernel rows; the training rows apart, as stored; the
+    model-level rows apart, with the run's label and machine (``run``, ``run_device_name``)."""
     import pandas as pd
 
+    from attnbench.modelbench.schema import is_model_row
     from attnbench.results import read_rows, upgraded
     from attnbench.train.schema import is_train_row
 
-    try:
-        raw = read_rows(f)
-        train = [r for r in raw if is_train_row(r)]
-        raw = [r for r in raw if not is_train_row(r)]
-        rows = upgraded(raw)
-    except ValueError as e:
-        raise ReportError(f"RESULTS {str(f)!r}: {e}") from None
     rj = f.parent / "run.json"
     try:
         info = json.loads(rj.read_text()) if rj.is_file() else {}
     except json.JSONDecodeError as e:
         raise ReportError(f"RESULTS {str(rj)!r}: run.json is not valid JSON ({e.msg} at line {e.lineno})") from None
+    try:
+        raw = read_rows(f)
+        train = [r for r in raw if is_train_row(r)]
+        model = [dict(r, run=label, run_device_name=info.get("device_name")) for r in raw if is_model_row(r)]
+        raw = [r for r in raw if not is_train_row(r) and not is_model_row(r)]
+        rows = upgraded(raw)
+    except ValueError as e:
+        raise ReportError(f"RESULTS {str(f)!r}: {e}") from None
     run = RunInfo(label, f, info, len(rows), tuple(sorted({int(r.get("schema_version") or 1) for r in raw})),
                   tuple(sorted({int(r["threads"]) for r in rows if r.get("threads") is not None})))
     if not rows:
-        return run, None, train
+        return run, None, train, model
     df = pd.DataFrame(rows)
     df["run"] = label
     df["run_started_at"] = info.get("started_at")
@@ -204,7 +219,7 @@ def _read_run(label: str, f: Path, index: int) -> tuple[RunInfo, pd.DataFrame | 
     for k in RUN_FIELDS:
         if k != "started_at":
             df[k] = info.get(k)
-    return run, df, train
+    return run, df, train, model
 
 
 def _normalised(df: pd.DataFrame) -> pd.DataFrame:
@@ -429,6 +444,12 @@ def build_report(inputs: list[Path], out: Path, baseline: str = "full@sdpa", *, 
         files, text = _train_section(loaded, out, baseline, figures)
         written += files
         sections.append(text)
+    if loaded.model_rows:
+        from attnbench.report import model_level
+
+        files, text = model_level.section(loaded.model_rows, out, baseline, figures)
+        written += files
+        sections.append(text)
     readme = out / "README.md"
     readme.write_text(_readme(loaded, inputs, baseline, sections, out, min_fit_n), encoding="utf-8", newline="\n")
     written.append(readme)
@@ -600,21 +621,41 @@ def _readme(loaded: Loaded, inputs, baseline: str, sections: list[str], out: Pat
     lines.append(f"Devices: {', '.join(devs)}. Dtypes: {', '.join(dtypes)}. Baseline for speed-ups and crossovers: "
                  f"`{baseline}`. Scaling exponents are fitted over n ≥ {min_fit_n}.")
     lines += _readme_inputs(loaded)
+    lines += ["", *_model_inputs(loaded)] if loaded.model_runs else []
     lines += _readme_marks(bool(df["noisy"].notna().any()) if "noisy" in df.columns else False)
     lines.append("\n\n".join(sections))
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def _readme_train_only(loaded: Loaded, inputs, sections: list[str], out: Path) -> str:
-    """A report of training rows only: no kernel tables, no kernel marks."""
-    lines = [GENERATED_MARK, "", f"# attnbench report: {out.name}", "",
-             f"Built from stored training results (nothing re-trained) by "
-             f"`python -m attnbench report {' '.join(str(p) for p in inputs)}`. The inputs hold no kernel rows: "
-             f"no kernel tables, and no bubble chart.", ""]
+    """A report of training (or model-level) rows only: no kernel tables, no kernel marks."""
+    command = f"`python -m attnbench report {' '.join(str(p) for p in inputs)}`"
+    lines = [GENERATED_MARK, "", f"# attnbench report: {out.name}", ""]
+    if loaded.train_rows:
+        lines += [f"Built from stored training results (nothing re-trained) by {command}. The inputs hold no kernel "
+                  f"rows: no kernel tables, and no bubble chart.", ""]
+    else:
+        lines += [f"Built from stored model-level results (nothing re-measured) by {command}. The inputs hold no "
+                  f"kernel rows: no kernel tables.", ""]
+    lines += _model_inputs(loaded)
     if loaded.notes:
         lines += ["Merging:", ""] + [f"- {n.strip()}" for n in loaded.notes] + [""]
     lines.append("\n\n".join(sections))
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _model_inputs(loaded: Loaded) -> list[str]:
+    """The model-level runs read: one line each (none without model rows)."""
+    if not loaded.model_runs:
+        return []
+    lines = ["Model-level runs:", ""]
+    for r in sorted(loaded.model_runs, key=lambda r: r.path):
+        i = r.info
+        sha = str(i.get("git_sha") or "?")[:10] + (" (dirty)" if i.get("git_dirty") else "")
+        lines.append(f"- `{r.path}`: {r.rows} row(s); {i.get('device_name') or i.get('cpu_model') or 'unknown device'}; "
+                     f"started {_started_key(i)[:19].replace('T', ' ') or '?'} (UTC); git {sha}; torch "
+                     f"{i.get('torch_version') or '?'}")
+    return lines + [""]
 
 
 def _readme_inputs(loaded: Loaded) -> list[str]:
