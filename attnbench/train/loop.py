@@ -250,7 +250,7 @@ class Job:
         self.model.load_state_dict(checkpoint.load(self.dir / "best.pt"))
         test = self._evaluate("test")
         extra = self._extras()
-        toks = int(self.tc["batch_size"]) * self.data.seq_len * (2 if self.data.kind == "pair" else 1)
+        toks = int(self.tc["batch_size"]) * self.tokens_per_sample()
         sps = self.st.step / max(self.st.train_s, 1e-9)
         return {"metric": self.metric, "higher_is_better": self.higher, "best_val": self.st.best_val,
                 "best_step": self.st.best_step, "test": test.value, "test_se": test.se, "test_count": test.count,
@@ -259,6 +259,15 @@ class Job:
                 "n_params": self.fair["params"], "full_params": self.fair["full_params"],
                 "param_deviation": self.fair["deviation"], "own_params": self.fair["own_params"],
                 "curve": self.st.curve, "resumed": self.st.resumed, "data_name": self.data.name}
+
+    def tokens_per_sample(self) -> int:
+        """What a training row's tokens/s counts: the sequence (both of a pair), or for a vision
+        skeleton the patch tokens of its first stage (the data's seq_len counts pixels)."""
+        if self.mcfg.arch == "encoder":
+            return self.data.seq_len * (2 if self.data.kind == "pair" else 1)
+        _, h, w = self.mcfg.image
+        p = self.mcfg.stage_layout()["patch"]
+        return (h // p) * (w // p)
 
     def _extras(self) -> dict[str, Any]:
         """Task-specific figures: a segment-memory LM also tested without its memory."""

@@ -45,7 +45,7 @@ FIELDS: tuple[Field, ...] = (
     Field("final_loss", "float", "the curve's last training loss (the mean over the last evaluation window)"),
     Field("steps", "int", "optimizer steps taken"),
     Field("steps_per_s", "float", "optimizer steps per second of training (evaluation excluded)"),
-    Field("tokens_per_s", "float", "training tokens per second (batch x sequence length x steps / time)"),
+    Field("tokens_per_s", "float", "training tokens per second (batch x sequence length x steps / time; vision archs: patch tokens of the first stage)"),
     Field("peak_mem_bytes", "int", "peak resident memory of the job's process (CPU) or max allocated (CUDA)"),
     Field("n_params", "int", "trainable parameters of the model"),
     Field("full_params", "int", "parameters of the same skeleton with full attention"),
