@@ -263,6 +263,12 @@ def test_real_processes_max_n_and_a_crash_is_a_row(tasks_dir, tmp_path):
     assert crash[0]["status"] == "crash" and "SIGSEGV" in crash[0]["reasons"][0]
     full = [r for r in rows if r["variant"] == "full@sdpa" and r["probe"] == "max_n"]
     assert full and all(r["mem_budget_bytes"] == 5 * 10**7 for r in full)
+    alone = tmp_path / "search-only"
+    assert run_cli("run", "--level", "model", "--task", "tinymodel", "--tasks-dir", tasks_dir, "--variants", "full",
+                   "--seq-lens", "256", "--out", alone, "--threads", "1", "--max-n", "--search-only",
+                   "--mem-budgets", "0.02,0.05", "--n-cap", "512") == 0
+    probes = {r["probe"] for r in read_rows(alone / "results.jsonl")}
+    assert probes == {"max_n"}  # no timed grid
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,6 +354,7 @@ def test_compare_two_model_runs_flags_the_slower_step(tmp_path):
     (["run", "--level", "gpu"], ["--level 'gpu'", "kernel, model"]),
     (["run", "--level", "model", "--task", "text", "--mem-budgets", "a,b"], ["--mem-budgets 'a'", "number"]),
     (["run", "--level", "model", "--task", "text", "--dtype", "bfloat16"], ["--dtype 'bfloat16'", "float32"]),
+    (["run", "--level", "model", "--task", "text", "--search-only"], ["--search-only", "only with --max-n"]),
     (["run", "--level", "model", "--task", "text", "--max-n", "--mem-budgets", "100000"],
      ["--mem-budgets 100000", "above the memory available"]),
 ])

@@ -18,7 +18,7 @@ from typing import Any
 from attnbench.modelbench.plan import DEFAULTS, ModelBenchError
 
 MODEL_FLAGS = {"task": "--task", "size": "--size", "tasks_dir": "--tasks-dir", "max_n": "--max-n",
-               "mem_budgets": "--mem-budgets", "n_cap": "--n-cap", "step_timeout": "--step-timeout"}
+               "search_only": "--search-only", "mem_budgets": "--mem-budgets", "n_cap": "--n-cap", "step_timeout": "--step-timeout"}
 KERNEL_FLAGS = {"heads": "--heads", "kv_heads": "--kv-heads", "head_dim": "--head-dim", "causal": "--causal",
                 "mode": "--mode", "extend": "--extend", "no_check": "--no-check"}
 LEVELS = ("kernel", "model")
@@ -41,6 +41,8 @@ def add_arguments(p) -> None:
     p.add_argument("--tasks-dir", help="model level: a directory of task YAMLs of your own")
     p.add_argument("--max-n", action="store_true", help="model level: also search the longest n each pattern can "
                                                         "train under each --mem-budgets budget")
+    p.add_argument("--search-only", action="store_true", help="model level, with --max-n: only the search "
+                                                              "(no timed grid over --seq-lens; its first n starts the search)")
     p.add_argument("--mem-budgets", metavar="GB,GB", help="model level: the budgets of --max-n (default: "
                                                           f"{','.join(f'{b:g}' for b in DEFAULTS['mem_budgets_gb'])})")
     p.add_argument("--n-cap", help=f"model level: --max-n probes no n above this (default: {DEFAULTS['n_cap']})")
@@ -105,6 +107,7 @@ def settings_from_args(args) -> dict[str, Any]:
         "threads": _number(args.threads, "--threads") if args.threads is not None else None,
         "timeout_s": _number(args.timeout, "--timeout", float) if args.timeout is not None else DEFAULTS["timeout_s"],
         "timing": timing, "max_n": bool(args.max_n),
+        "measure": not args.search_only,
         "mem_budgets_gb": [_number(b, "--mem-budgets", float) for b in budgets],
         "n_cap": _number(args.n_cap, "--n-cap") if args.n_cap is not None else DEFAULTS["n_cap"],
         "step_timeout_s": _number(args.step_timeout, "--step-timeout", float) if args.step_timeout is not None
@@ -122,6 +125,8 @@ def config_from_args(args):
 
     refuse(args, KERNEL_FLAGS, "not used at --level model (the task's skeleton sets the shape; every probe "
                                "trains, infers and times the kernel fwd+bwd); drop them or use --level kernel")
+    if getattr(args, "search_only", False) and not args.max_n:
+        raise ModelBenchError("--search-only: only with --max-n (it skips the timed grid and runs the search alone)")
     settings = settings_from_args(args)
     if args.resume and args.plugin:
         settings["plugins"] = list(dict.fromkeys([*settings["plugins"], *(str(Path(p).resolve()) for p in args.plugin)]))

@@ -71,6 +71,7 @@ class ModelRunConfig:
     resume: bool
     plugins: list[str]
     max_n: bool
+    measure: bool  # the timed grid over seq_lens (False: --max-n --search-only)
     budgets: list[float]  # bytes, ascending
     n_cap: int
     step_timeout_s: float
@@ -139,7 +140,8 @@ def resolve(settings: dict[str, Any], *, device: str, threads: int, available: f
         variants=variant_plans(s["variants"], cfg), seq_lens=seq_lens, batch=_positive(s, "batch", "--batch"),
         device=device, seed=int(s["seed"]), threads=threads, timeout_s=_positive(s, "timeout_s", "--timeout", float),
         timing=dict(s["timing"]), out=Path(s["out"]), resume=resume, plugins=list(s.get("plugins") or []),
-        max_n=bool(s.get("max_n")), budgets=budgets(s, available), n_cap=_positive(s, "n_cap", "--n-cap"),
+        max_n=bool(s.get("max_n")), measure=bool(s.get("measure", True)), budgets=budgets(s, available),
+        n_cap=_positive(s, "n_cap", "--n-cap"),
         step_timeout_s=_positive(s, "step_timeout_s", "--step-timeout", float),
         mem_guard_bytes=float(guard) * 1e9 if guard else None,
         config_hash=config_hash(cfg, inputs))

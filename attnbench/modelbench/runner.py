@@ -181,7 +181,8 @@ class ModelRunner:
             self.writer = results.ResultsWriter(self.out / "results.jsonl")
             with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                           console=self.console) as prog:
-                self._measure(prog, done)
+                if self.cfg.measure:
+                    self._measure(prog, done)
                 if self.cfg.max_n:
                     self._max_n(prog, done)
             self._finish(t0)
