@@ -205,7 +205,10 @@ class ModelRunner:
             self.info["device_name"] = sorted(names)[0]
             results.write_run_json(self.out, self.info)
         to_parquet(self.rows, self.out / "results.parquet", schema.FIELDS)
-        print_summary(self.rows, self.stdout)
+        # rows that never reached a probe's process (unsupported, skipped) name the run's machine,
+        # as the report does, so that they join their group's tables
+        run_dev = self.info.get("device_name")
+        print_summary([dict(r, device_name=r.get("device_name") or run_dev) for r in self.rows], self.stdout)
         self.stdout.print(plain(f"{self.new_rows} new rows ({len(self.rows)} in all) in {time.time() - t0:.0f} s -> "
                                 f"{self.out / 'results.jsonl'}; tables and figures: python -m attnbench report "
                                 f"{shlex.quote(str(self.out))}"), style="bold")
