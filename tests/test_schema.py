@@ -15,6 +15,8 @@ from attnbench.vocab import STATUSES
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = sorted(p.parent for p in (ROOT / "results").rglob("results.jsonl"))
+# runs with timed rows (a max-n search alone holds none: compare refuses it, tested below)
+TIMED = [p for p in COMMITTED if any(r.get("probe") != "max_n" for r in read_rows(p / "results.jsonl"))]
 
 
 def test_make_row_has_every_field_and_refuses_unknown_ones():
@@ -40,7 +42,7 @@ def test_committed_runs_upgrade_to_complete_rows(run):
         assert isinstance(r["params"], dict) and isinstance(r["param_label"], str)
 
 
-@pytest.mark.parametrize("run", COMMITTED, ids=[p.name for p in COMMITTED])
+@pytest.mark.parametrize("run", TIMED, ids=[p.name for p in TIMED])
 def test_committed_runs_compare_with_themselves(run, capsys):
     import argparse
 
@@ -50,6 +52,13 @@ def test_committed_runs_compare_with_themselves(run, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert " 0 regressed" in out.splitlines()[-1] or out.splitlines()[-1].startswith("0 regressed"), out[-500:]
+
+
+def test_a_max_n_search_alone_has_nothing_to_compare_and_says_so():
+    search_only = [p for p in COMMITTED if p not in TIMED]
+    assert search_only  # the committed max-n runs
+    with pytest.raises(compare.CompareError, match="max-n search probes only"):
+        compare.load_run(search_only[0])
 
 
 def test_parquet_columns_are_typed(tmp_path):
