@@ -120,7 +120,7 @@ def load_run(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         raise CompareError(f"{f}: {e}") from None
     if not rows:
         only_search = bool(raw) and all(is_model_row(r) and r.get("probe") == "max_n" for r in raw)
-        raise CompareError(f"{f}: holds no timed rows" + (" (max-n search probes only: their peaks are in "
+        raise CompareError(f"{f}: holds no result rows" + (" to time (max-n search probes only: their peaks are in "
                                                           "`report`'s max trainable n table)" if only_search else ""))
     run_json = f.parent / "run.json"
     try:
