@@ -26,6 +26,19 @@ PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 POLL_S = 0.1  # the longest a wait on the worker goes without looking at pending signals
 
 
+def child_env(threads: int) -> dict[str, str]:
+    """The environment of a measuring child process: its thread count fixed before torch is
+    imported (0: torch's default), unbuffered output, inductor's cache kept between runs."""
+    env = dict(os.environ)
+    if threads > 0:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(threads)
+        env["ATTNBENCH_THREADS"] = str(threads)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", inductor_cache_dir())  # compiled kernels kept between runs
+    return env
+
+
 class WorkerDied(Exception):
     def __init__(self, status: str, reasons: list[str]):
         super().__init__("; ".join(reasons))
@@ -36,13 +49,7 @@ class Worker:
     """One worker process. ``request(msg, timeout)`` returns its reply or raises WorkerDied."""
 
     def __init__(self, *, threads: int = 0, plugins: tuple[str, ...] = (), start_timeout: float = 120):
-        env = dict(os.environ)
-        if threads > 0:
-            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-                env[var] = str(threads)
-            env["ATTNBENCH_THREADS"] = str(threads)
-        env["PYTHONUNBUFFERED"] = "1"
-        env.setdefault("TORCHINDUCTOR_CACHE_DIR", inductor_cache_dir())  # compiled kernels kept between runs
+        env = child_env(threads)
         env["ATTNBENCH_PARENT_PID"] = str(os.getpid())
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
         self.log = tempfile.NamedTemporaryFile(prefix="attnbench-worker-", suffix=".log", delete=False)

@@ -19,21 +19,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from attnbench.harness.env import inductor_cache_dir
 from attnbench.harness.isolate import PACKAGE_ROOT
+from attnbench.harness.isolate import child_env as worker_env
 
 POLL_S = 0.1
 LOG_TAIL = 600  # characters of a dead probe's log quoted in its row
 
 
 def child_env(threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    if threads > 0:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env[var] = str(threads)
-        env["ATTNBENCH_THREADS"] = str(threads)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("TORCHINDUCTOR_CACHE_DIR", inductor_cache_dir())
+    """The harness's child environment, with this package importable from any working directory."""
+    env = worker_env(threads)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
     return env
 
