@@ -36,10 +36,16 @@ def combined(results: Path) -> list[tuple[Path, list[Path]]]:
     """(report path relative to reports/, its inputs): every machine's training runs together."""
     out = []
     for machine in sorted(p for p in results.iterdir() if p.is_dir() and p.name not in SKIP):
-        train = sorted(p for p in machine.glob("train-*") if (p / "results.jsonl").is_file())
+        runs = sorted(p for p in machine.glob("train-*") if (p / "results.jsonl").is_file())
+        # the vision skeletons apart: their tasks are not LRA's, and a pattern not trained on them would
+        # lose its place in the LRA-style average and bubble chart
+        vision = [p for p in runs if p.name.startswith("train-vision")]
+        train = [p for p in runs if p not in vision]
+        kernel = [machine / "main-fwd"] if (machine / "main-fwd" / "results.jsonl").is_file() else []
         if train:
-            kernel = [machine / "main-fwd"] if (machine / "main-fwd" / "results.jsonl").is_file() else []
             out.append((machine.relative_to(results) / "train-all", train + kernel))
+        if vision:
+            out.append((machine.relative_to(results) / "vision-all", vision))
     return out
 
 
