@@ -1,5 +1,5 @@
 """``python -m attnbench``: one CLI, one subcommand per job (list, run, check, train, data, report,
-compare).
+compare, stats).
 
 Results and tables go to stdout, progress and logs to stderr. Every failure is one line on
 stderr naming the value or path and what to do: exit 2 for bad input (nothing is written), 1
@@ -49,6 +49,10 @@ EXAMPLES = {
     "report": ["python -m attnbench report results/runs/a --out reports/a",
                "python -m attnbench report results/runs/a results/runs/b --baseline full@flash",
                "python -m attnbench report results/runs/mine --plugin my_kernel.py     # a plugin's metadata"],
+    "stats": ["python -m attnbench stats --random --variants 'performer[nb_features=16,64,256],lsh' --seq-len 256,1024",
+              "python -m attnbench stats --checkpoint RUN/jobs/listops-small-full@sdpa-s0 --variants own,sliding_window,bigbird",
+              "python -m attnbench stats --task vision --variants full,swin model.arch=vit model.pool=mean --out results/runs/s",
+              "python -m attnbench report results/runs/s --out reports/s     # heatmaps, rollout, coverage and error"],
     "compare": ["python -m attnbench compare results/runs/base results/runs/new",
                 "python -m attnbench compare base new --threshold 20% --variants 'sliding_window@*' --csv cmp.csv",
                 "python -m attnbench compare base new --plugin my_kernel.py"],
@@ -132,6 +136,7 @@ def build_parser() -> Parser:
     from attnbench import __version__
     from attnbench.compare import add_arguments as compare_arguments
     from attnbench.report.build import add_arguments as report_arguments
+    from attnbench.stats.command import add_arguments as stats_arguments
     from attnbench.train.command import add_data_arguments, add_train_arguments
 
     ap = Parser(prog="attnbench", description="Benchmark and analysis suite for efficient attention.",
@@ -160,6 +165,9 @@ def build_parser() -> Parser:
                                          "never re-measures"))
     compare_arguments(_sub(sub, "compare", "regression verdicts between two runs: slower beyond a threshold, "
                                            "or broken"))
+    stats_arguments(_sub(sub, "stats", "attention statistics per layer and head (entropy, distance, spectrum, "
+                                       "rollout; error, KL and coverage against exact softmax) of variants on "
+                                       "random inputs, a task or a trained checkpoint"))
     return ap
 
 
@@ -413,8 +421,14 @@ def cmd_data(args) -> int:
     return data(args)
 
 
+def cmd_stats(args) -> int:
+    from attnbench.stats.command import cmd_stats as stats
+
+    return stats(args)
+
+
 COMMANDS = {"list": cmd_list, "run": cmd_run, "check": cmd_check, "train": cmd_train, "data": cmd_data,
-            "report": cmd_report, "compare": cmd_compare}
+            "report": cmd_report, "compare": cmd_compare, "stats": cmd_stats}
 
 
 def load_plugin(path: str) -> None:
@@ -428,9 +442,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     args, extra = build_parser().parse_known_args(argv)
     overrides = [e for e in extra if "=" in e and not e.startswith("-")]
     rest = [e for e in extra if e not in overrides]
-    if rest or (overrides and args.cmd not in ("run", "train")):
+    if rest or (overrides and args.cmd not in ("run", "train", "stats")):
         raise UsageError(f"{args.cmd}: unrecognized arguments: {' '.join(rest or overrides)}")
-    if args.cmd in ("run", "train"):
+    if args.cmd in ("run", "train", "stats"):
         args.overrides = [*args.overrides, *overrides]
     args.argv = argv
     return args
@@ -448,9 +462,11 @@ def _failure(e: BaseException) -> tuple[int, str]:
     from attnbench.data.base import DataError
     from attnbench.modelbench.inputs import InputsError
     from attnbench.modelbench.plan import ModelBenchError
+    from attnbench.stats.command import StatsError
+    from attnbench.stats.sources import SourceError
 
     if isinstance(e, (UsageError, ConfigError, UnknownVariant, ParamError, PluginError, TaskError, TrainUsageError,
-                      DataError, ModelBenchError, InputsError)):
+                      DataError, ModelBenchError, InputsError, StatsError, SourceError)):
         return EXIT_USAGE, f"error: {e}"
     bench = sys.modules.get("attnbench.bench")  # only a run can be interrupted with a resume line
     model = sys.modules.get("attnbench.modelbench.runner")

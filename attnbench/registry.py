@@ -82,6 +82,12 @@ class VariantSpec:
     # What a non-exact variant approximates, for its ``rel_err`` (attnbench.approx):
     # ``target_fn(q, k, v, *, causal, **params) -> out [B, H, N, D]``; None = softmax attention.
     target_fn: Callable[..., Any] | None = None
+    # The variant's implied attention over its keys, for a variant whose own definition is not
+    # softmax under a mask (reference_fn): ``weights_fn(q, k, v, *, causal, **params) ->
+    # (weights [B, H, N, M] rows summing to 1 or 0, support bool broadcastable to [B, H, N, M]
+    # or None)``; support = the keys a row may attend beyond causality (LSH's bucket-mates), or
+    # None when every causal key is attended. Read by ``attnbench.stats.implied``.
+    weights_fn: Callable[..., Any] | None = None
     # Decode with a running state (linear attention, FAVOR+): ``decode_state(k, v, **params)``
     # summarizes the first M-1 cached keys; decode mode then times one O(1) step.
     decode_state: Callable[..., Any] | None = None
@@ -178,6 +184,8 @@ class VariantSpec:
             "params": {k: {"default": p.default, "allowed": p.allowed, "doc": p.doc} for k, p in self.params.items()},
             "paper": self.paper, "doc": self.doc, "source": self.source,
             "own_reference": self.reference_fn is not None,
+            # masked softmax (no own definition) or the declared weights_fn: weights can be formed
+            "implied_weights": self.reference_fn is None or self.weights_fn is not None,
             "running_state_decode": self.decode_state is not None,
             "predicts_memory": self.memory_fn is not None,
             "relative_positions": self.relative_positions,

@@ -52,7 +52,7 @@ def combined(results: Path) -> list[tuple[Path, list[Path]]]:
 def baseline_for(run: Path, preferred: str = "full@sdpa") -> str:
     """full@sdpa where the run has it, else its first full@* kernel (a run of @flex kernels
     only is compared with full@flex)."""
-    have = {r["variant"] for r in read_rows(run / "results.jsonl")}
+    have = {r["variant"] for r in read_rows(run / "results.jsonl") if r.get("variant")}
     if preferred in have:
         return preferred
     full = sorted(v for v in have if v.startswith("full@"))

@@ -33,6 +33,7 @@ Choices made once here, for every variant alike (the Long Range Arena's fairness
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -106,6 +107,21 @@ def model_record(cfg: ModelConfig, causal: bool, **choices: Any) -> dict[str, An
             **choices}
 
 
+@dataclass
+class Call:
+    """One attention call as the kernel saw it (:meth:`Skeleton.capturing`): q [B, H, N, D], k, v
+    [B, Hkv, M, D] after projections and rotary, the kernel's output [B, H, N, D], its resolved
+    params, the tensors it took as keywords (learned: Swin's bias table, XL's u, v_bias, W_r)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    out: torch.Tensor
+    params: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    causal: bool
+
+
 class Attention(nn.Module):
     """x [B, N, C] (K/V from ``context`` [B, M, C] if given) -> (y [B, N, C], state): the registry
     variant between the projections. ``params``: the block's own over the config's; ``extra``:
@@ -129,6 +145,7 @@ class Attention(nn.Module):
                                      for k, t in own.items()})
         self.extra = nn.ParameterDict({k: nn.Parameter(t.detach().clone()) for k, t in (extra or {}).items()})
         self.need_weights, self.weights = False, None
+        self.capture: list | None = None  # Skeleton.capturing(): each call's q, k, v and output
         self._checked: set[tuple] = set()
 
     def forward(self, x: torch.Tensor, state: Any = None, context: torch.Tensor | None = None
@@ -144,6 +161,9 @@ class Attention(nn.Module):
         r = self.spec.forward(q, k, v, causal=self.causal, state=state, need_weights=self.need_weights,
                               **self.params, **self.own, **self.extra)
         self.weights = r.weights if self.need_weights else None  # [B, H, N, M] or None
+        if self.capture is not None:
+            self.capture.append(Call(q.detach(), k.detach(), v.detach(), r.out.detach(), dict(self.params),
+                                     {n: t.detach() for n, t in {**self.own, **self.extra}.items()}, self.causal))
         y = self.drop(r.out).transpose(1, 2).reshape(B, N, self.h * self.d)  # [B, N, C]
         return self.proj(y), r.state
 
@@ -210,6 +230,20 @@ class Skeleton(nn.Module):
                 a.overrides, a.params = o, p
                 a._checked.clear()
             self.record["params"] = dict(self.attentions()[0].params)
+
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[list[list[Call]]]:
+        """``with model.capturing() as calls: model(x)``; ``calls[i]`` holds the :class:`Call` s of
+        the i-th attention module (in ``attentions()`` order) made inside the block."""
+        mods = self.attentions()
+        calls: list[list[Call]] = [[] for _ in mods]
+        for a, c in zip(mods, calls):
+            a.capture = c
+        try:
+            yield calls
+        finally:
+            for a in mods:
+                a.capture = None
 
     @contextlib.contextmanager
     def attention_weights(self) -> Iterator[list]:

@@ -76,6 +76,8 @@ class Loaded:
     train_runs: list[RunInfo] = field(default_factory=list)
     model_rows: list[dict] = field(default_factory=list)  # row_kind "model", the last row per probe
     model_runs: list[RunInfo] = field(default_factory=list)
+    stats_rows: list[dict] = field(default_factory=list)  # row_kind "stats", the last row per figure
+    stats_runs: list[RunInfo] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,10 +124,17 @@ def load(inputs: Sequence[Path]) -> Loaded:
     train_runs: list[RunInfo] = []
     train: list[dict] = []
     model_runs: list[RunInfo] = []
+    stats: list[dict] = []
+    stats_runs: list[RunInfo] = []
     model: list[dict] = []
     frames = []
     for label, f in files:
-        run, df, train_here, model_here = _read_run(label, f, len(runs))
+        run, df, train_here, model_here, stats_here = _read_run(label, f, len(runs))
+        if stats_here:
+            stats_runs.append(RunInfo(label, f, run.info, len(stats_here)))
+            stats += stats_here
+            if df is None and not train_here and not model_here:
+                continue
         if train_here or model_here:
             if train_here:
                 train_runs.append(RunInfo(label, f, run.info, len(train_here)))
@@ -140,18 +149,22 @@ def load(inputs: Sequence[Path]) -> Loaded:
             notes.append(f"{label}: results.jsonl has no complete rows.")
             continue
         frames.append(df)
-    if not frames and not train and not model:
+    if not frames and not train and not model and not stats:
         raise ReportError("RESULTS " + ", ".join(repr(r.path) for r in runs) +
                           ": no result rows to report (results.jsonl empty); run `python -m attnbench run` first")
     from attnbench.report import model_level
 
+    from attnbench.report import stats_level
+
     train, train_notes = _latest_train_rows(train)
     model, model_notes = model_level.latest(model)
+    stats, stats_notes = stats_level.latest(stats)
+    extra = train_notes + model_notes + stats_notes
     if not frames:
-        return Loaded(None, runs, notes + train_notes + model_notes, train, train_runs, model, model_runs)
+        return Loaded(None, runs, notes + extra, train, train_runs, model, model_runs, stats, stats_runs)
     df, merge_notes = _latest_rows(_normalised(pd.concat(frames, ignore_index=True)))
-    return Loaded(_labels(df), runs, notes + merge_notes + train_notes + model_notes, train, train_runs, model,
-                  model_runs)
+    return Loaded(_labels(df), runs, notes + merge_notes + extra, train, train_runs, model, model_runs, stats,
+                  stats_runs)
 
 
 def _latest_train_rows(rows: list[dict]) -> tuple[list[dict], list[str]]:
@@ -182,15 +195,18 @@ def _input_files(inputs: Sequence[Path]) -> tuple[list[tuple[str, Path]], list[s
     return files, notes
 
 
-def _read_run(label: str, f: Path, index: int) -> tuple[RunInfo, pd.DataFrame | None, list[dict], list[dict]]:
+def _read_run(label: str, f: Path, index: int) -> tuple[RunInfo, pd.DataFrame | None, list[dict], list[dict],
+                                                       list[dict]]:
     """One results.jsonl (kernel rows upgraded to the current schema) and its run.json; the frame
     carries the run's fields and the merge order (``_started``, ``_input`` = ``index``, ``_order``),
     or is None when the file has no complete kernel rows; the training rows apart, as stored; the
-    model-level rows apart, with the run's label and machine (``run``, ``run_device_name``)."""
+    model-level rows apart, with the run's label and machine (``run``, ``run_device_name``); the
+    statistics rows apart, with the run's label."""
     import pandas as pd
 
     from attnbench.modelbench.schema import is_model_row
     from attnbench.results import read_rows, upgraded
+    from attnbench.stats.schema import is_stats_row
     from attnbench.train.schema import is_train_row
 
     rj = f.parent / "run.json"
@@ -202,14 +218,15 @@ def _read_run(label: str, f: Path, index: int) -> tuple[RunInfo, pd.DataFrame | 
         raw = read_rows(f)
         train = [r for r in raw if is_train_row(r)]
         model = [dict(r, run=label, run_device_name=info.get("device_name")) for r in raw if is_model_row(r)]
-        raw = [r for r in raw if not is_train_row(r) and not is_model_row(r)]
+        stats = [dict(r, run=label) for r in raw if is_stats_row(r)]
+        raw = [r for r in raw if not is_train_row(r) and not is_model_row(r) and not is_stats_row(r)]
         rows = upgraded(raw)
     except ValueError as e:
         raise ReportError(f"RESULTS {str(f)!r}: {e}") from None
     run = RunInfo(label, f, info, len(rows), tuple(sorted({int(r.get("schema_version") or 1) for r in raw})),
                   tuple(sorted({int(r["threads"]) for r in rows if r.get("threads") is not None})))
     if not rows:
-        return run, None, train, model
+        return run, None, train, model, stats
     df = pd.DataFrame(rows)
     df["run"] = label
     df["run_started_at"] = info.get("started_at")
@@ -219,7 +236,7 @@ def _read_run(label: str, f: Path, index: int) -> tuple[RunInfo, pd.DataFrame | 
     for k in RUN_FIELDS:
         if k != "started_at":
             df[k] = info.get(k)
-    return run, df, train, model
+    return run, df, train, model, stats
 
 
 def _normalised(df: pd.DataFrame) -> pd.DataFrame:
@@ -450,6 +467,12 @@ def build_report(inputs: list[Path], out: Path, baseline: str = "full@sdpa", *, 
         files, text = model_level.section(loaded.model_rows, out, baseline, figures)
         written += files
         sections.append(text)
+    if loaded.stats_rows:
+        from attnbench.report import stats_level
+
+        files, text = stats_level.section(loaded.stats_rows, out, figures)
+        written += files
+        sections.append(text)
     readme = out / "README.md"
     readme.write_text(_readme(loaded, inputs, baseline, sections, out, min_fit_n), encoding="utf-8", newline="\n")
     written.append(readme)
@@ -634,6 +657,8 @@ def _readme_train_only(loaded: Loaded, inputs, sections: list[str], out: Path) -
     if loaded.train_rows:
         lines += [f"Built from stored training results (nothing re-trained) by {command}. The inputs hold no kernel "
                   f"rows: no kernel tables, and no bubble chart.", ""]
+    elif loaded.stats_rows and not loaded.model_rows:
+        lines += [f"Built from stored attention-statistics rows (nothing recomputed) by {command}.", ""]
     else:
         lines += [f"Built from stored model-level results (nothing re-measured) by {command}. The inputs hold no "
                   f"kernel rows: no kernel tables.", ""]

@@ -55,7 +55,8 @@ definition: a factor shared by the numerator and the denominator of out_i cancel
   Stabilizers are detached: the output does not depend on them, so their gradient is zero.
 
 The dense definitions (``reference_fn``) materialize A [N, M] with the plain per-row and global
-max trick; the tests check every kernel path against them, outputs and gradients.
+max trick; the tests check every kernel path against them, outputs and gradients. The implied
+attention (``weights_fn``) is that A normalized, A / (A 1 + eps).
 
 Against performer-pytorch (``scripts/bench_performer.py``): with the same W and its eps set to
 0 the two agree to 1e-15 in fp64. Its default adds eps = 1e-4 to every feature after the global
@@ -498,14 +499,20 @@ def relu_decode_state(k, v, *, chunk=DEFAULT_CHUNK, eps=RELU_EPS, **_) -> Linear
 
 
 # ------------------------------------------------------------------------------ dense definitions
-def _dense(phq, phk, v, *, causal, n, rows, eps=0.0) -> torch.Tensor:
-    """A = phq phk^T [B, H, R, M] (causal-masked), out = A V / (A 1 + eps); 0 where A 1 = 0."""
+def _products(phq, phk, *, causal, n, rows) -> torch.Tensor:
+    """A = phq phk^T [B, Hkv, G, R, M] (query head h = hkv G + g), zero where causal hides a key."""
     b, h, nr, r = phq.shape
     hkv, m = phk.shape[1], phk.shape[2]
-    g = h // hkv
-    a = torch.matmul(phq.reshape(b, hkv, g, nr, r), phk.unsqueeze(2).transpose(-1, -2))  # [B, Hkv, G, R, M]
+    a = torch.matmul(phq.reshape(b, hkv, h // hkv, nr, r), phk.unsqueeze(2).transpose(-1, -2))  # [B, Hkv, G, R, M]
     if causal:
         a = a * reference.causal_mask(n, m, phq.device, rows)
+    return a
+
+
+def _dense(phq, phk, v, *, causal, n, rows, eps=0.0) -> torch.Tensor:
+    """A = phq phk^T [B, H, R, M] (causal-masked), out = A V / (A 1 + eps); 0 where A 1 = 0."""
+    b, h, nr, _ = phq.shape
+    a = _products(phq, phk, causal=causal, n=n, rows=rows)  # [B, Hkv, G, R, M]
     num = torch.matmul(a, v.unsqueeze(2)).reshape(b, h, nr, -1)
     den = a.sum(-1, keepdim=True).reshape(b, h, nr, 1)
     if eps > 0:
@@ -513,19 +520,28 @@ def _dense(phq, phk, v, *, causal, n, rows, eps=0.0) -> torch.Tensor:
     return num / torch.where(den > 0, den, torch.ones_like(den))
 
 
+def _dense_weights(phq, phk, *, causal, eps=0.0) -> tuple[torch.Tensor, None]:
+    """(A / (A 1 + eps) [B, H, N, M], None): the weights ``_dense`` averages V with (a row with
+    A 1 = 0 is 0); every causal key is attended, so no support beyond causality."""
+    b, h, n, _ = phq.shape
+    a = _products(phq, phk, causal=causal, n=n, rows=None)  # [B, Hkv, G, N, M]
+    den = a.sum(-1, keepdim=True)  # [B, Hkv, G, N, 1]
+    den = den + eps if eps > 0 else torch.where(den > 0, den, torch.ones_like(den))
+    return (a / den).reshape(b, h, n, -1), None  # [B, H, N, M]
+
+
 def _rows(q, rows):
     return q if rows is None else q[:, :, rows]
 
 
-def favor_reference(q, k, v, *, causal=False, rows=None, nb_features=DEFAULT_FEATURES, seed=0,
-                    orthogonal=True, features=None, **_) -> torch.Tensor:
-    """FAVOR+ by its definition, densely: phi(x) = exp(W x - |x|^2/2) / sqrt(r), x = q D^-1/4,
-    A = phi(Q) phi(K)^T [N, M], out = A V / A 1 -> [B, H, R, D] for ``rows`` (default: all).
+def _favor_features(q, k, rows, nb_features, seed, orthogonal, features) -> tuple[torch.Tensor, torch.Tensor]:
+    """(phi(Q rows) [B, H, R, r], phi(K) [B, Hkv, M, r]) of FAVOR+ by its definition: phi(x) =
+    exp(W x - |x|^2/2) / sqrt(r), x = q D^-1/4, the kernel's W (drawn from the params or given).
 
     Max trick as in performer-pytorch's ``softmax_kernel``: a per-query max and one global max
     over all keys and features (constants that cancel in the ratio), at the inputs' dtype.
     """
-    d, n = q.shape[-1], q.shape[2]
+    d = q.shape[-1]
     w = _raw_projection(d, nb_features, seed, orthogonal, features).to(device=q.device, dtype=q.dtype)
     r = w.shape[0]
     xq, xk = _rows(q, rows) * d ** -0.25, k * d ** -0.25
@@ -533,7 +549,22 @@ def favor_reference(q, k, v, *, causal=False, rows=None, nb_features=DEFAULT_FEA
     lk = xk @ w.T - (xk * xk).sum(-1, keepdim=True) / 2
     phq = torch.exp(lq - lq.amax(-1, keepdim=True).detach()) / math.sqrt(r)
     phk = torch.exp(lk - lk.amax((-1, -2), keepdim=True).detach()) / math.sqrt(r)
-    return _dense(phq, phk, v, causal=causal, n=n, rows=rows)
+    return phq, phk
+
+
+def favor_reference(q, k, v, *, causal=False, rows=None, nb_features=DEFAULT_FEATURES, seed=0,
+                    orthogonal=True, features=None, **_) -> torch.Tensor:
+    """FAVOR+ by its definition, densely: A = phi(Q) phi(K)^T [N, M] (:func:`_favor_features`),
+    out = A V / A 1 -> [B, H, R, D] for ``rows`` (default: all)."""
+    phq, phk = _favor_features(q, k, rows, nb_features, seed, orthogonal, features)
+    return _dense(phq, phk, v, causal=causal, n=q.shape[2], rows=rows)
+
+
+def favor_weights(q, k, v, *, causal=False, nb_features=DEFAULT_FEATURES, seed=0, orthogonal=True,
+                  features=None, **_) -> tuple[torch.Tensor, None]:
+    """FAVOR+'s implied attention: (A / A 1 [B, H, N, M] with the kernel's features, None)."""
+    phq, phk = _favor_features(q, k, None, nb_features, seed, orthogonal, features)
+    return _dense_weights(phq, phk, causal=causal)
 
 
 def elu_reference(q, k, v, *, causal=False, rows=None, **_) -> torch.Tensor:
@@ -541,10 +572,21 @@ def elu_reference(q, k, v, *, causal=False, rows=None, **_) -> torch.Tensor:
     return _dense(_elu_features(_rows(q, rows)), _elu_features(k), v, causal=causal, n=q.shape[2], rows=rows)
 
 
+def elu_weights(q, k, v, *, causal=False, **_) -> tuple[torch.Tensor, None]:
+    """(A / A 1 [B, H, N, M], None) for phi = elu + 1 (every causal key has weight > 0)."""
+    return _dense_weights(_elu_features(q), _elu_features(k), causal=causal)
+
+
 def relu_reference(q, k, v, *, causal=False, rows=None, eps=RELU_EPS, **_) -> torch.Tensor:
     """phi = relu, A = phi(Q) phi(K)^T, out = A V / (A 1 + eps) -> [B, H, R, D]."""
     return _dense(F.relu(_rows(q, rows)), F.relu(k), v, causal=causal, n=q.shape[2], rows=rows,
                   eps=_check_eps(eps))
+
+
+def relu_weights(q, k, v, *, causal=False, eps=RELU_EPS, **_) -> tuple[torch.Tensor, None]:
+    """(A / (A 1 + eps) [B, H, N, M], None) for phi = relu: a row sums to A 1 / (A 1 + eps),
+    just under 1, and is 0 where the query (or every key it sees) has no positive feature."""
+    return _dense_weights(F.relu(q), F.relu(k), causal=causal, eps=_check_eps(eps))
 
 
 # ------------------------------------------------------------------------------ cost model
@@ -613,7 +655,7 @@ PERFORMER = add(VariantSpec(
             "chunk": CHUNK,
             "features": P.Param(None, "none (drawn from seed) or a [r, D] tensor of random features (Python API)",
                                 _features, doc="explicit random features (a model's buffer)")},
-    flops_fn=_favor_flops, memory_fn=_favor_mem, reference_fn=favor_reference,
+    flops_fn=_favor_flops, memory_fn=_favor_mem, reference_fn=favor_reference, weights_fn=favor_weights,
     decode_state=favor_decode_state, default=True,
     doc="FAVOR+: positive orthogonal random features (r = nb_features) estimating softmax attention; "
         "causal by chunked prefix sums, O(1)-per-token decode from a running state",
@@ -622,7 +664,7 @@ PERFORMER = add(VariantSpec(
 LINEAR_ELU = add(VariantSpec(
     name="linear@elu", forward=linear_elu, time="O(n d^2)", memory="O(n d)",
     params={"chunk": CHUNK}, flops_fn=_phi_flops, memory_fn=_phi_mem,
-    reference_fn=elu_reference, decode_state=elu_decode_state, default=True,
+    reference_fn=elu_reference, weights_fn=elu_weights, decode_state=elu_decode_state, default=True,
     doc="linear attention with phi(x) = elu(x) + 1; causal by chunked prefix sums, O(1)-per-token decode",
     paper="Katharopoulos et al. 2020, Transformers are RNNs", **_COMMON,
 ))
@@ -630,7 +672,7 @@ LINEAR_RELU = add(VariantSpec(
     name="linear@relu", forward=linear_relu, time="O(n d^2)", memory="O(n d)",
     params={"chunk": CHUNK, "eps": P.number(RELU_EPS, minimum=0.0, doc="added to the normalizer")},
     flops_fn=_phi_flops, memory_fn=_phi_mem,
-    reference_fn=relu_reference, decode_state=relu_decode_state,
+    reference_fn=relu_reference, weights_fn=relu_weights, decode_state=relu_decode_state,
     doc="linear attention with phi(x) = relu(x), out = A V / (A 1 + eps)",
     paper="Katharopoulos et al. 2020 (relu feature map); Qin et al. 2022, cosFormer (relu kernel)", **_COMMON,
 ))

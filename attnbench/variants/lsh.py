@@ -39,7 +39,9 @@ O(n_hashes N D) plus one tile of blocks without it.
 
 ``reference_fn`` is the same computation done densely from the same buckets (an [N, N]
 multiplicity matrix per round, no chunking, no look-back gathers); ``target_fn`` is exact
-shared-QK softmax attention with the same self rule — what LSH approximates.
+shared-QK softmax attention with the same self rule — what LSH approximates. ``weights_fn``
+gives the effective weights: the rounds combined are one softmax over their bucket-mates with
+multiplicities summed.
 Not supported: N != M (cross attention) and decode (keys are the queries themselves; a decode
 step would need the cached queries and their hashes).
 """
@@ -345,6 +347,52 @@ def lsh_shared_qk(q, k, v, *, causal=False, state=None, need_weights=False,
 # ---------------------------------------------------------------------------------------------
 # Dense definitions: the same LSH attention without chunking, and its exact target.
 # ---------------------------------------------------------------------------------------------
+class _Chunks(NamedTuple):
+    """Where every real token sits in each round's sorted, chunked order (dense definitions)."""
+
+    chunk: torch.Tensor  # [B, H, R, N]: token j's chunk C_r(j) in the round-major sequence
+    nc: int  # chunks per round
+    total: int  # T = n_hashes nc chunks in all
+
+
+def _chunks(q, bucket_size, n_hashes, seed, n_buckets) -> _Chunks:
+    """Hash q [B, H, N, D] and sort by (bucket, position): each token's chunk per round."""
+    N, dev = q.shape[2], q.device
+    c, n_pad, nc, nb = geometry(max(N, 1), bucket_size, n_buckets)
+    buckets = _padded_buckets(q, n_hashes, nb, seed, n_pad)  # [B, H, R, n_pad]
+    key = buckets * n_pad + torch.arange(n_pad, device=dev)  # distinct: (bucket, position)
+    order = torch.argsort(key, dim=-1)  # [B, H, R, n_pad]
+    slot = torch.empty_like(order).scatter_(-1, order, torch.arange(n_pad, device=dev).expand_as(order))
+    chunk = ((slot + torch.arange(n_hashes, device=dev).view(n_hashes, 1) * n_pad) // c)[..., :N]  # [B, H, R, N]
+    return _Chunks(chunk, nc, n_hashes * nc)
+
+
+def _mates(ch: _Chunks, r: int, rows: torch.Tensor, dtype) -> torch.Tensor:
+    """Round r's multiplicity A_r [B, H, nr, N]: how many times query ``rows`` read key j (its
+    own chunk, plus the chunk before it, which may wrap into another round holding j again)."""
+    B, H, _, N = ch.chunk.shape
+    cur = ch.chunk[:, :, r, rows].unsqueeze(-1)  # [B, H, nr, 1]
+    prev = (cur - 1) % ch.total
+    chunk_prev_round = ch.chunk.gather(2, (prev // ch.nc).expand(B, H, rows.numel(), N))  # [B, H, nr, N]
+    return (ch.chunk[:, :, r].unsqueeze(2) == cur).to(dtype) + (chunk_prev_round == prev).to(dtype)
+
+
+def _shared_scores(q, rows: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Shared-QK scores [B, H, nr, N]: q_i . q_j / ||q_j|| / sqrt(D), s_ii = SELF_SCORE, keys
+    after the query -inf when causal."""
+    kn = unit_keys(q)
+    s = torch.matmul(q[:, :, rows], kn.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # [B, H, nr, N]
+    j = torch.arange(q.shape[2], device=q.device)
+    s = s.masked_fill(rows[:, None] == j[None, :], SELF_SCORE)
+    if causal:
+        s = s.masked_fill(j[None, :] > rows[:, None], float("-inf"))
+    return s
+
+
+def _all_rows(q, rows) -> torch.Tensor:
+    return torch.arange(q.shape[2], device=q.device) if rows is None else rows.to(q.device)
+
+
 def lsh_shared_qk_reference(q, k, v, *, causal=False, rows=None, bucket_size=DEFAULTS["bucket_size"],
                             n_hashes=DEFAULTS["n_hashes"], seed=DEFAULTS["seed"], n_buckets=DEFAULTS["n_buckets"],
                             **_) -> torch.Tensor:
@@ -363,31 +411,13 @@ def lsh_shared_qk_reference(q, k, v, *, causal=False, rows=None, bucket_size=DEF
     O(nr N) for nr = len(rows) query rows, plus the sort.
     """
     _validate(q, k, v, bucket_size, n_hashes, n_buckets, seed)
-    B, H, N, D = q.shape
-    rows = torch.arange(N, device=q.device) if rows is None else rows.to(q.device)
-    nr = rows.numel()
-    c, n_pad, nc, nb = geometry(max(N, 1), bucket_size, n_buckets)
-    R, T, dev = n_hashes, n_hashes * nc, q.device
-    buckets = _padded_buckets(q, R, nb, seed, n_pad)  # [B, H, R, n_pad]
-    key = buckets * n_pad + torch.arange(n_pad, device=dev)  # distinct: (bucket, position)
-    order = torch.argsort(key, dim=-1)
-    slot = torch.empty_like(order).scatter_(-1, order, torch.arange(n_pad, device=dev).expand_as(order))
-    chunk = ((slot + torch.arange(R, device=dev).view(R, 1) * n_pad) // c)[..., :N]  # [B, H, R, N]
-    scale = 1.0 / math.sqrt(D)
-    kn = unit_keys(q)
-    vh = _heads_v(v, H)
-    s = torch.matmul(q[:, :, rows], kn.transpose(-1, -2)) * scale  # [B, H, nr, N]
-    j = torch.arange(N, device=dev)
-    s = s.masked_fill(rows[:, None] == j[None, :], SELF_SCORE)
-    if causal:
-        s = s.masked_fill(j[None, :] > rows[:, None], float("-inf"))
+    rows = _all_rows(q, rows)
+    ch = _chunks(q, bucket_size, n_hashes, seed, n_buckets)
+    s = _shared_scores(q, rows, causal)  # [B, H, nr, N]
+    vh = _heads_v(v, q.shape[1])
     outs, lses = [], []
-    for r in range(R):
-        cur = chunk[:, :, r, rows].unsqueeze(-1)  # [B, H, nr, 1]
-        prev = (cur - 1) % T
-        chunk_prev_round = chunk.gather(2, (prev // nc).expand(B, H, nr, N))  # [B, H, nr, N]
-        a = (chunk[:, :, r].unsqueeze(2) == cur).to(q.dtype) + (chunk_prev_round == prev).to(q.dtype)
-        sr = s + torch.log(a)  # log 0 = -inf: keys outside both chunks
+    for r in range(n_hashes):
+        sr = s + torch.log(_mates(ch, r, rows, q.dtype))  # log 0 = -inf: keys outside both chunks
         lses.append(torch.logsumexp(sr, dim=-1))
         outs.append(torch.matmul(torch.softmax(sr, dim=-1), vh))
     w = torch.softmax(torch.stack(lses, 0), dim=0)  # [R, B, H, nr]
@@ -395,18 +425,32 @@ def lsh_shared_qk_reference(q, k, v, *, causal=False, rows=None, bucket_size=DEF
     return out if k is None else out + k[..., :0].sum()
 
 
+def lsh_weights(q, k, v, *, causal=False, bucket_size=DEFAULTS["bucket_size"], n_hashes=DEFAULTS["n_hashes"],
+                seed=DEFAULTS["seed"], n_buckets=DEFAULTS["n_buckets"], **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """LSH attention's effective weights and support, densely: ([B, H, N, N], bool [B, H, N, N]).
+
+    Combining the rounds by their log-sum-exps (out = sum_r softmax_r(l_r) o_r) is one softmax
+    over the union of their key sets with multiplicities summed: w_ij = softmax_j(s_ij +
+    log sum_r A_r[i, j]). Support: the keys any round puts in a chunk query i reads (its
+    bucket-mates and the chunk before), self included. Time O(n_hashes N^2), memory O(N^2).
+    """
+    _validate(q, k, v, bucket_size, n_hashes, n_buckets, seed)
+    rows = _all_rows(q, None)
+    ch = _chunks(q, bucket_size, n_hashes, seed, n_buckets)
+    mult = sum(_mates(ch, r, rows, q.dtype) for r in range(n_hashes))  # [B, H, N, N]
+    return torch.softmax(_shared_scores(q, rows, causal) + torch.log(mult), dim=-1), mult > 0
+
+
+def shared_qk_weights(q, k, v, *, causal=False, rows=None, **_) -> torch.Tensor:
+    """Exact shared-QK softmax attention's weights [B, H, N, N] (or the ``rows``): keys =
+    normalized queries, s_ii = SELF_SCORE, causal by position; ``k`` ignored. Time O(N^2 D)."""
+    return torch.softmax(_shared_scores(q, _all_rows(q, rows), causal), dim=-1)
+
+
 def shared_qk_attention(q, k, v, *, causal=False, rows=None, **_) -> torch.Tensor:
-    """Exact shared-QK softmax attention, dense: keys = normalized queries, s_ii = SELF_SCORE,
-    causal by position; ``k`` ignored. [B, H, N, D] (or the ``rows``). Time O(N^2 D)."""
-    B, H, N, D = q.shape
-    rows = torch.arange(N, device=q.device) if rows is None else rows.to(q.device)
-    kn = unit_keys(q)
-    s = torch.matmul(q[:, :, rows], kn.transpose(-1, -2)) / math.sqrt(D)
-    j = torch.arange(N, device=q.device)
-    s = s.masked_fill(rows[:, None] == j[None, :], SELF_SCORE)
-    if causal:
-        s = s.masked_fill(j[None, :] > rows[:, None], float("-inf"))
-    return torch.matmul(torch.softmax(s, dim=-1), _heads_v(v, H))
+    """Exact shared-QK softmax attention, dense: :func:`shared_qk_weights` V, [B, H, N, D]
+    (or the ``rows``). Time O(N^2 D)."""
+    return torch.matmul(shared_qk_weights(q, k, v, causal=causal, rows=rows), _heads_v(v, q.shape[1]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -471,7 +515,8 @@ add(VariantSpec(
     tolerances={"float32": Tolerance(5e-5, rtol=1e-5), "float16": Tolerance(5e-3),
                 "bfloat16": Tolerance(3e-2)},
     flops_fn=lsh_flops, memory_fn=lsh_memory, extra_reasons=_reasons,
-    reference_fn=lsh_shared_qk_reference, target_fn=shared_qk_attention, default=True,
+    reference_fn=lsh_shared_qk_reference, target_fn=shared_qk_attention, weights_fn=lsh_weights,
+    default=True,
     doc="Reformer LSH attention, shared QK (k ignored: keys are the normalized queries): "
         "angular LSH, n_hashes rounds sorted by (bucket, position), chunks of bucket_size "
         "attending to themselves and the chunk before, rounds combined by their log-sum-exp",

@@ -21,7 +21,8 @@ pooled as it is; query head h reads pooled head h // (H / Hkv), nothing copied p
 Not softmax attention over the n keys (``exact=False``): the kernels are checked against the
 dense definition above (``reference_fn``, the explicit P), and ``run`` reports their ``rel_err``
 against full softmax attention over the unpooled keys (``target_fn`` None: softmax attention).
-Time O(n M' D) = O(n^2 D / R^2) plus O(n D) for the pooling.
+Time O(n M' D) = O(n^2 D / R^2) plus O(n D) for the pooling. Its implied attention over the n
+original tokens (``weights_fn``) is A P: a pooled key's probability shared by its window.
 """
 from __future__ import annotations
 
@@ -99,6 +100,18 @@ def sra_reference(q, k, v, *, causal=False, rows=None, **params) -> torch.Tensor
     return reference.reduced_attention(qr, k, v, pool).out
 
 
+def sra_weights(q, k, v, *, causal=False, **params) -> tuple[torch.Tensor, None]:
+    """The attention the output implies over the n original tokens: (A P [B, H, n, n], None),
+    A [B, H, n, M'] the softmax against the pooled keys and P [M', n] the pooling matrix (a
+    pooled key's probability shared by the tokens of its window); every token is attended."""
+    if causal:
+        raise Unsupported("sra: spatial-reduction attention is not causal")
+    h, w = grid_for(k.shape[2], params)
+    pool = pooling_matrix(h, w, params["ratio"], device=q.device, dtype=q.dtype)  # [M', n]
+    a = reference.reduced_attention(q, k, v, pool).weights  # [B, H, n, M']
+    return torch.matmul(a, pool), None  # [B, H, n, n]
+
+
 # ---------------------------------------------------------------------------------------------
 # Costs and registration.
 # ---------------------------------------------------------------------------------------------
@@ -147,6 +160,7 @@ def _reasons(shape: Shape, params) -> list[str]:
 _COMMON = dict(
     family="reduce", exact=False, time="O(n^2 d / R^2)", causal=False, cross=False, kv_heads=True,
     params=PARAMS, flops_fn=sra_flops, bytes_fn=sra_bytes, extra_reasons=_reasons, reference_fn=sra_reference,
+    weights_fn=sra_weights,
     paper="Wang et al. 2021, Pyramid Vision Transformer; PVTv2 (2022) linear SRA pools",
 )
 add(VariantSpec(

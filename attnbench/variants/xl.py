@@ -552,34 +552,31 @@ def xl_segment(q, k, v, *, causal=True, state=None, need_weights=False,
 
 
 # ---------------------------------------------------------------------------------------------
-# Dense reference: straight from the formula, [N, M] scores
+# Dense reference and implied weights: straight from the formula, [N, M] scores
 # ---------------------------------------------------------------------------------------------
-def xl_reference(q, k, v, *, causal=True, rows=None, segment_len=DEFAULTS["segment_len"],
-                 mem_len=DEFAULTS["mem_len"], seed=DEFAULTS["seed"], d_pos=DEFAULTS["d_pos"],
-                 u=None, v_bias=None, w_r=None, **_) -> torch.Tensor:
-    """The definition, dense: out [B, H, R, D] for query ``rows`` (all by default).
+class _Dense(NamedTuple):
+    """The dense definition's attention of query rows R over the M keys."""
 
-    Query i at t = i + M - N, in segment s = t // L, may read key j iff j <= t and
+    p: torch.Tensor  # [B, H, R, M] softmax of the relative scores (0 where not allowed)
+    is_mem: torch.Tensor  # [R, M] bool: key j is memory for the row (before its segment)
+    window: torch.Tensor  # [R, M] bool: j >= (the row's segment start) - mem_len
+
+
+def _dense(q, k, *, rows, segment_len, mem_len, seed, d_pos, u, v_bias, w_r) -> _Dense:
+    """Query i at t = i + M - N, in segment s = t // L, may read key j iff j <= t and
     j >= s L - P; its score is ((q_i + u) . k_j + (q_i + v_bias) . W_r R_{t-j}) / sqrt(D),
-    with the position term looked up by distance (a gather, no shift trick). Keys j < s L are
-    memory for that query: its scores and outputs use detached copies of k_j and v_j (values
-    equal, no gradient), so outputs and gradients equal the segment-by-segment kernel.
-    Time and memory O(R M D) with [R, M] scores. ``u``, ``v_bias``, ``w_r``: given (learned)
-    tensors replacing the seed's, as in :func:`xl_segment`.
-    """
-    if not causal:
-        raise Unsupported(CAUSAL_ONLY)
+    with the position term looked up by distance (a gather, no shift trick). Memory keys
+    (j < s L) are scored with a detached k_j (no gradient through memory)."""
     B, H, N, D = q.shape
     Hkv, M = k.shape[1], k.shape[2]
     L, P, dp = _validate(segment_len, mem_len, d_pos, H, D)
-    G = H // Hkv
     dev, dt = q.device, q.dtype
     i = torch.arange(N, device=dev) if rows is None else rows.to(dev)
     t = i + (M - N)
     j = torch.arange(M, device=dev)
     seg_start = torch.div(t, L, rounding_mode="floor") * L
     dist = t[:, None] - j[None, :]  # [R, M]
-    allowed = (dist >= 0) & (j[None, :] >= seg_start[:, None] - P)
+    window = j[None, :] >= seg_start[:, None] - P  # [R, M]
     is_mem = j[None, :] < seg_start[:, None]
     _given(u, v_bias, w_r, H, D, dp)
     u0, vb0, wr0 = xl_parameters(H, D, seed=int(seed), d_pos=dp, dtype=torch.float64, device=dev)
@@ -590,15 +587,45 @@ def xl_reference(q, k, v, *, causal=True, rows=None, segment_len=DEFAULTS["segme
     u = (u0 if u is None else u).to(dt)
     vb = (vb0 if v_bias is None else v_bias).to(dt)
     qs = q[:, :, i]
-    kk, vv = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)  # [B, H, M, D]
+    kk = k.repeat_interleave(H // Hkv, dim=1)  # [B, H, M, D]
     qu = qs + u[None, :, None, :]
     ac = torch.where(is_mem, qu @ kk.detach().transpose(-1, -2), qu @ kk.transpose(-1, -2))
     bd_by_dist = (qs + vb[None, :, None, :]) @ rk.transpose(-1, -2)  # [B, H, R, nd]
     idx = dist.clamp(0, nd - 1).expand(B, H, -1, -1)
     bd = bd_by_dist.gather(-1, idx)  # [B, H, R, M]
-    s = ((ac + bd) / math.sqrt(D)).masked_fill(~allowed, float("-inf"))
-    p = torch.softmax(s, dim=-1)
-    return p.masked_fill(is_mem, 0.0) @ vv + p.masked_fill(~is_mem, 0.0) @ vv.detach()
+    s = ((ac + bd) / math.sqrt(D)).masked_fill(~((dist >= 0) & window), float("-inf"))
+    return _Dense(torch.softmax(s, dim=-1), is_mem, window)
+
+
+def xl_reference(q, k, v, *, causal=True, rows=None, segment_len=DEFAULTS["segment_len"],
+                 mem_len=DEFAULTS["mem_len"], seed=DEFAULTS["seed"], d_pos=DEFAULTS["d_pos"],
+                 u=None, v_bias=None, w_r=None, **_) -> torch.Tensor:
+    """The definition, dense: out [B, H, R, D] for query ``rows`` (all by default).
+
+    The relative-score softmax of :func:`_dense` averages the values; memory keys' values
+    enter detached (values equal, no gradient), so outputs and gradients equal the
+    segment-by-segment kernel. Time and memory O(R M D) with [R, M] scores. ``u``,
+    ``v_bias``, ``w_r``: given (learned) tensors replacing the seed's, as in :func:`xl_segment`.
+    """
+    if not causal:
+        raise Unsupported(CAUSAL_ONLY)
+    d = _dense(q, k, rows=rows, segment_len=segment_len, mem_len=mem_len, seed=seed, d_pos=d_pos,
+               u=u, v_bias=v_bias, w_r=w_r)
+    vv = v.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # [B, H, M, D]
+    return d.p.masked_fill(d.is_mem, 0.0) @ vv + d.p.masked_fill(~d.is_mem, 0.0) @ vv.detach()
+
+
+def xl_weights(q, k, v, *, causal=True, segment_len=DEFAULTS["segment_len"], mem_len=DEFAULTS["mem_len"],
+               seed=DEFAULTS["seed"], d_pos=DEFAULTS["d_pos"], u=None, v_bias=None, w_r=None,
+               **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention of one call without a memory state (keys = the call's M keys): (softmax of
+    content + position scores [B, H, N, M], support [N, M] = the keys from the query's segment
+    start less ``mem_len`` on, causality aside). ``u``, ``v_bias``, ``w_r`` as for the kernel."""
+    if not causal:
+        raise Unsupported(CAUSAL_ONLY)
+    d = _dense(q, k, rows=None, segment_len=segment_len, mem_len=mem_len, seed=seed, d_pos=d_pos,
+               u=u, v_bias=v_bias, w_r=w_r)
+    return d.p, d.window
 
 
 # ---------------------------------------------------------------------------------------------
@@ -668,7 +695,7 @@ SPEC = add(VariantSpec(
             "seed": P.integer(DEFAULTS["seed"], minimum=0, doc="seed of u, v_bias, W_r"),
             "d_pos": P.integer(DEFAULTS["d_pos"], minimum=1, optional="H D", doc="relative encoding width")},
     default=True, relative_positions=True, learned=xl_learned,
-    reference_fn=xl_reference, extra_reasons=_xl_reasons,
+    reference_fn=xl_reference, weights_fn=xl_weights, extra_reasons=_xl_reasons,
     flops_fn=xl_flops, memory_fn=xl_memory,
     doc=("Transformer-XL: segments of segment_len keys attend causally to [last mem_len keys "
          "(detached memory) ; own keys] with relative positional scores (u, v_bias, W_r R); "
