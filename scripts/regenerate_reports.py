@@ -32,6 +32,29 @@ def run_dirs(results: Path) -> list[Path]:
     return sorted(p.parent for p in results.glob("*/*/results.jsonl") if p.parent.parent.name not in SKIP)
 
 
+def jobs_of(run: Path) -> dict[tuple, str]:
+    """job key -> config_hash of a training run's rows."""
+    from attnbench.train.schema import is_train_row, job_key
+
+    return {job_key(r): r.get("config_hash") for r in read_rows(run / "results.jsonl") if is_train_row(r)}
+
+
+def poolable(runs: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(runs that pool, runs left to their own report): a run with a job of the same key as an
+    earlier run's but another task config (``model.pool=cls`` beside mean pooling) would replace
+    that job's row in a combined report."""
+    seen: dict[tuple, str] = {}
+    keep, apart = [], []
+    for run in runs:
+        mine = jobs_of(run)
+        if any(k in seen and seen[k] != h for k, h in mine.items()):
+            apart.append(run)
+            continue
+        seen.update(mine)
+        keep.append(run)
+    return keep, apart
+
+
 def combined(results: Path) -> list[tuple[Path, list[Path]]]:
     """(report path relative to reports/, its inputs): every machine's training runs together."""
     out = []
@@ -41,6 +64,10 @@ def combined(results: Path) -> list[tuple[Path, list[Path]]]:
         # lose its place in the LRA-style average and bubble chart
         vision = [p for p in runs if p.name.startswith("train-vision")]
         train = [p for p in runs if p not in vision]
+        vision, apart = poolable(vision)
+        train, apart2 = poolable(train)
+        for p in apart + apart2:
+            print(f"{p}: jobs of another task config than an earlier run's; reported on its own only")
         kernel = [machine / "main-fwd"] if (machine / "main-fwd" / "results.jsonl").is_file() else []
         if train:
             out.append((machine.relative_to(results) / "train-all", train + kernel))

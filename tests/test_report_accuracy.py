@@ -208,3 +208,16 @@ def test_an_arch_other_than_the_encoder_names_its_own_task_column():
             make_row(**{**common, "task": "listops"}),  # a version-1 row: no arch, LRA's encoder
             make_row(arch="encoder", **{**common, "task": "image", "size": "paper"})]
     assert list(frame(rows)["task_label"]) == ["vision/vit", "vision/swin", "listops", "image (paper)"]
+
+
+def test_a_job_replaced_by_one_of_another_task_config_is_said():
+    from attnbench.report.build import _latest_train_rows
+
+    base = {"row_kind": "train", "task": "vision", "size": "small", "arch": "vit", "variant": "full@sdpa",
+            "params": {}, "seed": 0}
+    resumed = [dict(base, config_hash="a", test=0.5), dict(base, config_hash="a", test=0.6)]
+    kept, notes = _latest_train_rows(resumed)
+    assert [r["test"] for r in kept] == [0.6] and len(notes) == 1  # a resume: the later row, said once
+    other = resumed + [dict(base, config_hash="b", test=0.9)]
+    kept, notes = _latest_train_rows(other)
+    assert len(notes) == 2 and "1 of them" in notes[1] and "different task config" in notes[1]

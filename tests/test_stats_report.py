@@ -24,15 +24,16 @@ BASE = {"entropy": 2.0, "entropy_norm": 0.5, "distance": 10.0, "distance_px": 40
 STATS = {"entropy": ("entropy", "entropy_norm"), "distance": ("distance",),
          "concentration": ("top_k_mass", "keys_90"), "spectrum": ("effective_rank", "rank_90"),
          "error": ("rel_err",), "divergence": ("kl", "tv"), "coverage": ("coverage",)}
-TEXT = dict(source="task", input="listops", task="listops", arch="encoder", model_variant="full@sdpa", device="cpu")
+OWN = "own"  # _row: each setting read its own model (a task source: one model per variant)
+TEXT = dict(source="task", input="listops", task="listops", arch="encoder", model_variant=OWN, device="cpu")
 VIT = dict(source="checkpoint", input="runs/vit/full", task="cifar10", arch="vit", model_variant="full@sdpa",
            device="cpu")
 SETTINGS = [("full@sdpa", "dense", {}, ""), ("performer@favor", "linear", {"nb_features": 16}, "nb_features=16"),
             ("performer@favor", "linear", {"nb_features": 64}, "nb_features=64")]
 COVERAGE_WHY = "coverage needs the keys the variant may attend (its pattern, bucket-mates)"
 SVD_WHY = "LinAlgError: svd did not converge"
-TEXT_SLUG = "task_listops_listops_encoder_full-sdpa_cpu"
-VIT_SLUG = "checkpoint_runs-vit-full_cifar10_vit_full-sdpa_cpu"
+TEXT_SLUG = "task_listops_encoder_cpu"
+VIT_SLUG = "checkpoint_cifar10_vit_cpu"
 
 
 def expect(column: str, setting: int, layer: float, head: float, n: int) -> float:
@@ -42,6 +43,7 @@ def expect(column: str, setting: int, layer: float, head: float, n: int) -> floa
 def _row(group: dict, setting: tuple, **kw) -> dict:
     variant, family, params, label = setting
     pattern, kernel = variant.split("@")
+    group = dict(group, model_variant=variant) if group["model_variant"] == OWN else group
     return make_row(**group, variant=variant, pattern=pattern, kernel=kernel, family=family, params=params,
                     param_label=label, stage=0, seed=0, dtype="float64", batch=2, heads=2, head_dim=8, **kw)
 
@@ -196,3 +198,11 @@ def test_latest_keeps_the_last_row_per_key():
     again = dict(rows[0], value=99.0)
     kept, notes = SL.latest(rows + [again, {"row_kind": "model"}])
     assert len(kept) == 3 and kept[0]["value"] == 99.0 and notes
+
+
+def test_checkpoints_of_a_task_share_a_group_and_foreign_settings_name_the_model():
+    other = [dict(r, input="runs/vit/other", checkpoint_sha="abc") for r in vit_rows()]
+    groups = R.groups(vit_rows() + other)
+    assert len(groups) == 1  # one task, arch and device: every checkpoint side by side
+    labels = [s.label for s in groups[0].settings]
+    assert labels == ["full@sdpa", "sliding_window@blocked[window=3] on full@sdpa"]

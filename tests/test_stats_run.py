@@ -13,6 +13,7 @@ import torch
 from attnbench import catalog
 from attnbench.cli import main
 from attnbench.models import build_model
+from attnbench.report import stats_rows
 from attnbench.results import read_rows
 from attnbench.stats import STATISTICS, capture, runner, sources
 from attnbench.stats.base import lookup
@@ -177,3 +178,5 @@ def test_checkpoint_source_reads_a_trained_job(tmp_path):
     assert _rows(rows, stat="input") and _rows(rows, stat="cls_map", status="ok")
     assert _rows(rows, stat="rollout", status="ok")
     assert {r["model_variant"] for r in rows} == {"full@sdpa"}
+    groups = stats_rows.groups(rows)
+    assert len(groups) == 1 and len(groups[0].inputs) == 1  # the image sits with the rows it is drawn under

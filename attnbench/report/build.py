@@ -172,9 +172,18 @@ def _latest_train_rows(rows: list[dict]) -> tuple[list[dict], list[str]]:
     in the order given, rows in file order), as a resumed job's row follows its earlier one."""
     from attnbench.train.schema import job_key
 
-    last = {job_key(r): r for r in rows}
+    last: dict[tuple, dict] = {}
+    replaced = 0  # by a job of another task config (model or training settings): not a resume
+    for r in rows:
+        k = job_key(r)
+        if k in last and last[k].get("config_hash") != r.get("config_hash"):
+            replaced += 1
+        last[k] = r
     dropped = len(rows) - len(last)
     notes = [f"{dropped} training job(s) had more than one row; the last row read of each is kept."] if dropped else []
+    if replaced:
+        notes.append(f"{replaced} of them were replaced by a job of a different task config (config_hash): runs of "
+                     f"different model or training settings belong in separate reports.")
     return list(last.values()), notes
 
 

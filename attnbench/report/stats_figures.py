@@ -97,11 +97,12 @@ def layers_figure(g: R.Group):
     lays = [lay for lay in R.layers(g, tuple(q[0] for q in quantities)) if lay is not None]
     if not quantities or not lays:
         return None
-    colors = label_colors([s.label for s in g.settings])
+    own = [s for s in g.settings if s.model is None] or g.settings
+    colors = label_colors([s.label for s in own])
     fig = _figure(8.5, 2.6 * len(quantities) + 0.6)
     axes = fig.subplots(len(quantities), 1, squeeze=False)[:, 0]
     for ax, (st, col, what) in zip(axes, quantities):
-        for s in g.settings:
+        for s in own:
             xs, ys = [], []
             for layer in lays:
                 heads = R.per_head(g.rows(s.label, st, seq_len=at[layer], layer=layer), col)
@@ -114,10 +115,11 @@ def layers_figure(g: R.Group):
                 ax.plot(xs, ys, marker="o", color=colors[s.label], label=s.label, zorder=3)
         ax.set_ylabel(what)
         ax.set_xticks(lays)
-        legend_outside(ax)
+    legend_outside(axes[0])
     axes[-1].set_xlabel("layer")
     ns = sorted(set(at.values()))
-    fig.suptitle(f"Entropy and mean attention distance per layer (line: mean over heads; points: heads), "
+    fig.suptitle(f"Entropy and mean attention distance per layer of each model's own attention (line: mean over "
+                 f"heads; points: heads), "
                  f"n = {', '.join(map(str, ns))}\n{g.describe()}", fontsize=9)
     return fig
 
@@ -191,10 +193,11 @@ def cls_figure(g: R.Group, s: R.Setting):
 
 def cls_line_figure(g: R.Group):
     """Batch-mean rollout CLS row over token positions, a line per setting (1-D encoders)."""
-    colors = label_colors([s.label for s in g.settings])
+    own = [s for s in g.settings if s.model is None]
+    colors = label_colors([s.label for s in own])
     fig, drawn = _figure(8.5, 3.0), False
     ax = fig.subplots()
-    for s in g.settings:
+    for s in own:
         roll = [r for r in g.rows(s.label, "rollout", column="rollout_cls") if r.get("status") == "ok"]
         n = R.largest_n(roll)
         m = R.mean_series([r for r in roll if r.get("seq_len") == n], "rollout_cls")
@@ -225,15 +228,14 @@ def _panels(g: R.Group, settings: list[R.Setting]) -> list[tuple[str, list[tuple
 
 
 def _y(ax, title: str, ys: list[float]) -> None:
-    """Coverage on 0..1; others log where they span a decade or more."""
+    """Coverage on 0..1; others log where they span two decades or more (fewer: too few log ticks to read)."""
     if title == "coverage":
         ax.set_ylim(min([0.0, *ys]), 1.02)
-    elif ys and min(ys) > 0 and max(ys) / min(ys) >= 10:
-        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    elif ys and min(ys) > 0 and max(ys) / min(ys) >= 100:
+        from matplotlib.ticker import LogLocator, NullFormatter
 
         ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"{y:g}"))
+        ax.yaxis.set_major_locator(LogLocator(base=10, numticks=6))
         ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_ylabel(title)
 
@@ -263,28 +265,64 @@ def _fidelity_axes(g: R.Group, settings: list[R.Setting], width: float = 8.5):
     return fig, fig.subplots(len(panels), 1, squeeze=False)[:, 0], panels
 
 
+FID_COLUMNS = 4  # variants side by side in the fidelity figure; more wrap to a new block of rows
+
+
+def compared(g: R.Group) -> dict[str, list[R.Setting]]:
+    """The settings the fidelity figure draws, by variant (and the model it read): those at two input
+    n or more (the first stage's: later stages of a hierarchy have their own), but exact full attention (its error is rounding, its coverage 1: the tables say so)."""
+    out: dict[str, list[R.Setting]] = {}
+    for s in g.settings:
+        ns = {r.get("seq_len") for r in g.rows(s.label, "error") if not r.get("stage")}  # a stage's n is not an input's
+        if s.family != "dense" and len(ns) > 1:
+            out.setdefault(s.variant if s.model is None else f"{s.variant} on {s.model}", []).append(s)
+    return out
+
+
+def _fidelity_panel(ax, g: R.Group, settings: list[R.Setting], title: str, cols: list[tuple], ns: list[int]) -> None:
+    shades = {s.label: N_CMAP(0.8 * i / max(len(settings) - 1, 1)) for i, s in enumerate(settings)}
+    keys = R.varied(settings)
+    ys = []
+    for s in settings:
+        for st, col, _, _ in cols:
+            pts = [(n, R.cell(g.rows(s.label, st, seq_len=n), col).mean) for n in ns]
+            pts = [(n, y) for n, y in pts if y is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, ls=DASH.get(col, "-"), color=shades[s.label],
+                        label=(T.setting_text(s, keys) if keys else "default") if col != "tv" else None)
+                ys += [y for _, y in pts]
+    _y(ax, title, ys)
+    _x(ax, ns, [fmt_n_tick(n) for n in ns], log2=True)
+
+
 def fidelity_figure(g: R.Group):
-    fig, axes, panels = _fidelity_axes(g, g.settings)
-    if fig is None:
+    """Small multiples: a column per variant (lines: its parameter settings), a row per quantity."""
+    by = compared(g)
+    settings = [s for ss in by.values() for s in ss]
+    panels = _panels(g, settings) if settings else []
+    if not panels:
         return None
     ns = R.seq_lens(g, tuple(c[0] for _, cols in panels for c in cols))
-    colors = label_colors([s.label for s in g.settings])
-    for ax, (title, cols) in zip(axes, panels):
-        ys = []
-        for s in g.settings:
-            for st, col, _, _ in cols:
-                pts = [(n, R.cell(g.rows(s.label, st, seq_len=n), col).mean) for n in ns]
-                pts = [(n, y) for n, y in pts if y is not None]
-                if pts:
-                    ax.plot(*zip(*pts), marker="o", ls=DASH.get(col, "-"), color=colors[s.label],
-                            label=s.label if col != "tv" else None)
-                    ys += [y for _, y in pts]
-            _missing(ax, g, s, cols)
-        _y(ax, title, ys)
-        _x(ax, ns, [fmt_n_tick(n) for n in ns], log2=True)
-        legend_outside(ax)
-    axes[-1].set_xlabel("n (tokens, log₂)")
-    fig.suptitle(f"Fidelity to exact softmax attention vs n (mean over layers and heads)\n{g.describe()}", fontsize=9)
+    names = list(by)
+    cols_n = min(len(names), FID_COLUMNS)
+    blocks = -(-len(names) // cols_n)
+    fig = _figure(3.1 * cols_n + 0.4, (2.1 * len(panels)) * blocks + 0.9)
+    axes = fig.subplots(len(panels) * blocks, cols_n, squeeze=False)
+    for k, name in enumerate(names):
+        for i, (title, cols) in enumerate(panels):
+            ax = axes[(k // cols_n) * len(panels) + i, k % cols_n]
+            _fidelity_panel(ax, g, by[name], title, cols, ns)
+            if i == 0:
+                ax.set_title(name, fontsize=8)
+                if ax.get_legend_handles_labels()[0]:
+                    ax.legend(fontsize=6, loc="best", frameon=False)
+            if i == len(panels) - 1:
+                ax.set_xlabel("n (tokens, log₂)", fontsize=8)
+    for k in range(len(names), blocks * cols_n):
+        for i in range(len(panels)):
+            axes[(k // cols_n) * len(panels) + i, k % cols_n].set_axis_off()
+    fig.suptitle(f"Fidelity to exact softmax attention vs n (mean over layers and heads; KL solid, TV dashed)\n"
+                 f"{g.describe()}", fontsize=9)
     return fig
 
 

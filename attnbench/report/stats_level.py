@@ -23,11 +23,12 @@ TABLES = (("Statistics per layer", ST.layer_table), ("Fidelity to exact softmax 
 
 def _figures(g: R.Group) -> list[tuple[str, str, Any]]:
     """(what, file stem, build) of every figure the group may have; build() gives a Figure or None."""
+    own = [s for s in g.settings if s.model is None]  # maps of a model's own attention; the rest: fidelity
     out = [("Attention maps per layer and head", f"stats_maps_{g.slug}_{s.slug}", lambda s=s: SF.map_figure(g, s))
-           for s in g.settings]
+           for s in own]
     out.append(("Entropy and distance vs layer", f"stats_layers_{g.slug}", lambda: SF.layers_figure(g)))
     out += [("CLS token and rollout over the image", f"stats_cls_{g.slug}_{s.slug}", lambda s=s: SF.cls_figure(g, s))
-            for s in g.settings]
+            for s in own]
     out.append(("Rollout CLS row over the tokens", f"stats_clsline_{g.slug}", lambda: SF.cls_line_figure(g)))
     out.append(("Fidelity vs n", f"stats_fidelity_{g.slug}", lambda: SF.fidelity_figure(g)))
     out += [(f"Fidelity of {v} vs its parameters", f"stats_fidparams_{g.slug}_{R.slugify(v)}",

@@ -1,9 +1,12 @@
 """Attention-statistics rows (``row_kind == "stats"``, :mod:`attnbench.stats.schema`) read for the
 report: the last row per key, groups, settings and the cells the tables and figures read.
 
-A group is one (source, input, task, arch, model_variant, device); a setting within it is one
-variant at one parameter setting, labelled ``variant[param_label]`` and ordered by family
-(vocab.FAMILIES), name and parameter values. A cell summarizes the rows of one setting, statistic,
+A group is one (source, task, arch, device), and for random inputs one input kind: every
+checkpoint of a task side by side. A setting within it is one variant at one parameter setting,
+labelled ``variant[param_label]`` where it is the model's own attention (random inputs, a
+checkpoint's or a task model's own variant) and ``variant[param_label] on <model variant>`` where
+it read another model's queries and keys; ordered by family (vocab.FAMILIES), name and parameter
+values. Checkpoints of the same variant (seeds) are one setting: their rows average. A cell summarizes the rows of one setting, statistic,
 column, n (and layer): per head the mean over its rows (seeds, batches), then the mean, minimum and
 maximum over the heads; a cell with no ok value carries the status of its rows instead.
 """
@@ -22,8 +25,8 @@ import numpy as np
 from attnbench.report.tables import NOT_MEASURED, STATUS_MARK, family_rank, param_sort_key
 from attnbench.stats.schema import is_stats_row
 
-GROUP = ("source", "input", "task", "arch", "model_variant", "device")
-KEY = (*GROUP, "checkpoint_sha", "variant", "params", "seq_len", "kv_len", "batch", "heads", "head_dim", "causal",
+GROUP = ("source", "input", "task", "arch", "device")  # input: random inputs only (group_key)
+KEY = (*GROUP, "model_variant", "checkpoint_sha", "variant", "params", "seq_len", "kv_len", "batch", "heads", "head_dim", "causal",
        "layer", "stage", "head", "stat", "column", "seed", "dtype")
 INPUT = "input"  # the runner's rows holding the first input image (column "image"), not a statistic
 SLUG_MAX = 60  # a longer slug (a job directory as input) is cut and given a hash of the whole
@@ -51,9 +54,16 @@ def slugify(*parts: Any) -> str:
     return s
 
 
+def group_key(row: dict[str, Any]) -> tuple:
+    """The row's group: GROUP's fields, the input named only for random inputs."""
+    return tuple(row.get(f) if f != "input" or row.get("source") == "random" else None for f in GROUP)
+
+
 def label(row: dict[str, Any]) -> str:
     p = row.get("param_label") or ""
-    return f"{row['variant']}[{p}]" if p else str(row["variant"])
+    name = f"{row['variant']}[{p}]" if p else str(row["variant"])
+    model = row.get("model_variant")
+    return name if model in (None, row["variant"]) else f"{name} on {model}"
 
 
 def value(row: dict[str, Any]) -> float | None:
@@ -83,6 +93,7 @@ class Setting:
     family: str
     params: dict
     slug: str
+    model: str | None = None  # the model whose queries and keys it read, when not its own
 
 
 @dataclass
@@ -107,9 +118,8 @@ class Group:
 
     def describe(self) -> str:
         k = self.key
-        parts = [f"{k['source']}: {k['input']}", *(f"{f} {k[f]}" for f in ("task", "arch") if k[f] not in (None, ""))]
-        if k["model_variant"]:
-            parts.append(f"model ran {k['model_variant']}")
+        parts = [f"{k['source']}: {k['input']}" if k["input"] else f"{k['source']}s",
+                 *(f"{f} {k[f]}" for f in ("task", "arch") if k[f] not in (None, ""))]
         return " · ".join(parts + [str(k["device"])])
 
 
@@ -122,14 +132,19 @@ def _settings(rows: list[dict]) -> list[Setting]:
     order = sorted(first, key=lambda lab: (family_rank(first[lab].get("family")), str(first[lab]["variant"]),
                                            param_sort_key(first[lab].get("params")), lab))
     return [Setting(lab, str(first[lab]["variant"]), str(first[lab].get("family")), dict(first[lab].get("params") or {}),
-                    slugify(lab)) for lab in order]
+                    slugify(lab), _model(first[lab])) for lab in order]
+
+
+def _model(row: dict[str, Any]) -> str | None:
+    m = row.get("model_variant")
+    return None if m in (None, row["variant"]) else str(m)
 
 
 def groups(rows: list[dict[str, Any]]) -> list[Group]:
     """The groups of ``rows`` in a fixed order, each with its settings and rows by (setting, stat)."""
     parts: dict[tuple, list[dict]] = defaultdict(list)
     for r in filter(is_stats_row, rows):
-        parts[tuple(r.get(f) for f in GROUP)].append(r)
+        parts[group_key(r)].append(r)
     out = []
     for k in sorted(parts, key=lambda t: tuple("" if x is None else str(x) for x in t)):
         key = dict(zip(GROUP, k))
@@ -236,5 +251,5 @@ def by_variant(g: Group) -> dict[str, list[Setting]]:
     """Variants with more than one setting in the group, and those settings in order."""
     out: dict[str, list[Setting]] = defaultdict(list)
     for s in g.settings:
-        out[s.variant].append(s)
+        out[s.variant if s.model is None else f"{s.variant} on {s.model}"].append(s)
     return {v: ss for v, ss in out.items() if len(ss) > 1}

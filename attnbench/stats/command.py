@@ -151,7 +151,7 @@ def image_row(src: sources.Source) -> dict[str, Any] | None:
     return make_row(source=src.kind, input=src.input, checkpoint_sha=src.checkpoint_sha, task=src.task,
                     arch=src.arch, model_variant=src.model_variant, seq_len=src.seq_len, stat="input",
                     column="image", series=[round(float(x), 4) for x in img.reshape(-1)],
-                    series_shape=list(img.shape), status="ok")
+                    series_shape=list(img.shape), status="ok", device="cpu", seed=src.seed)
 
 
 def cmd_stats(args) -> int:

@@ -30,6 +30,7 @@ from attnbench.stats.schema import make_row
 from attnbench.stats.sources import Source
 
 MAX_PAIRS = 2 ** 25  # implied attention materializes B x H x N x M float64 values
+LAYER_KEYS = ("grid", "shift", "ratio")  # params a vision block gives its variant (attention.grid_params)
 
 
 @dataclass
@@ -93,7 +94,8 @@ def sample(st: Setting, src: Source, layer: Layer, index_in_stage: int) -> tuple
     tensors = {n: t.double() for n, t in tensors.items()}
     try:
         imp = implied.implied(st.spec, q, k, v, causal=c.causal, params=params, extra=tensors, max_pairs=MAX_PAIRS)
-        ex, ex_out = implied.exact(st.spec, q, k, v, causal=c.causal, params=params, extra=tensors)
+        ex, ex_out = implied.exact(st.spec, q, k, v, causal=c.causal, params=params, extra=tensors,
+                                   max_pairs=MAX_PAIRS)
         out = st.spec.forward(q, k, v, causal=c.causal, state=None, need_weights=False, **params, **tensors).out
     except Exception as e:  # noqa: BLE001 - the layer's rows say what failed
         status, reasons = classify(e)
@@ -164,7 +166,8 @@ def setting_rows(st: Setting, src: Source, stats: list[base.Statistic], *, git_s
             rows += [make_row(**ident, stat=stat.name, status=e.status, reasons=e.reasons) for stat in per_layer]
             failed.append(f"layer {layer.index}: {'; '.join(e.reasons)}")
             continue
-        ident.update(params=params, param_label=P.format_params(P.non_default(st.spec.params, params)))
+        named = {k: v for k, v in params.items() if k in st.params or k not in LAYER_KEYS}  # not the block's own
+        ident.update(params=params, param_label=P.format_params(P.non_default(st.spec.params, named)))
         if check is not None:
             rows.append(make_row(**ident, stat="implied", column="kernel_rel_err", value=check, status="ok"))
         rows += stat_rows(per_layer, s, ident)

@@ -43,6 +43,7 @@ class Source:
     config: dict[str, Any] = field(default_factory=dict)  # the task config (variant_params)
     hierarchical: bool = False
     image: torch.Tensor | None = None  # the first input image [C, H, W] in 0..1 (image tasks)
+    seed: int | None = None  # of the batch drawn (and of a fresh model)
 
     @property
     def seq_len(self) -> int:
@@ -86,7 +87,7 @@ def _source(kind: str, what: str, model, data, cfg: dict[str, Any], n: int | Non
     shape = data.meta.get("image")
     image = x[0].reshape(*shape).double() / 255.0 if shape else None  # [C, H, W]
     return Source(kind, what, layers, cfg.get("name"), arch, rec["variant"], sha, cfg,
-                  hierarchical=arch in ("swin", "pvt"), image=image)
+                  hierarchical=arch in ("swin", "pvt"), image=image, seed=seed)
 
 
 def task_source(task: str, variant: str, n: int | None, *, size: str, overrides: list[str], batch: int,
