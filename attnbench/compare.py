@@ -53,6 +53,8 @@ from attnbench.modelbench.schema import is_model_row, timed_cases
 from attnbench.params import ParamError, row_filter
 from attnbench.results import read_rows, upgraded
 from attnbench.schema import KEY_FIELDS, case_key, params_key
+from attnbench.stats.schema import is_stats_row
+from attnbench.train.schema import is_train_row
 from attnbench.vocab import NOT_RUN
 
 MIN_SAMPLES = 5  # below this, a one-sided rank test cannot reach p < 0.01 (5 vs 5: p >= 1/252)
@@ -115,13 +117,16 @@ def load_run(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         raw = read_rows(f)
         # model-level rows (row_kind "model") enter as the timed cases they hold: train step, inference
         timed = [c for r in raw if is_model_row(r) for c in timed_cases(r)]
-        rows = upgraded([r for r in raw if not is_model_row(r)]) + timed
+        untimed = [r for r in raw if is_stats_row(r) or is_train_row(r)]  # no timing to judge
+        rows = upgraded([r for r in raw if not is_model_row(r) and not is_stats_row(r) and not is_train_row(r)]) + timed
     except ValueError as e:  # a garbled line, or rows of a newer schema than this attnbench
         raise CompareError(f"{f}: {e}") from None
     if not rows:
         only_search = bool(raw) and all(is_model_row(r) and r.get("probe") == "max_n" for r in raw)
-        raise CompareError(f"{f}: holds no result rows" + (" to time (max-n search probes only: their peaks are in "
-                                                          "`report`'s max trainable n table)" if only_search else ""))
+        why = (" to time (max-n search probes only: their peaks are in `report`'s max trainable n table)"
+               if only_search else " to time (attention statistics or training rows only: their figures are in "
+               "`report`)" if untimed else "")
+        raise CompareError(f"{f}: holds no result rows{why}")
     run_json = f.parent / "run.json"
     try:
         info = json.loads(run_json.read_text()) if run_json.exists() else {}

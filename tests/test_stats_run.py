@@ -146,6 +146,9 @@ def test_cli_random_writes_rows_run_json_and_a_report(tmp_path, capsys):
     assert "attention statistics" in capsys.readouterr().out
     assert main(["report", str(out), "--out", str(tmp_path / "r")]) == 0
     assert "statistic" in (tmp_path / "r" / "README.md").read_text().lower()
+    capsys.readouterr()
+    assert main(["compare", str(out), str(out)]) == 2  # nothing timed to judge: said, not a table of blanks
+    assert "attention statistics" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, words", [

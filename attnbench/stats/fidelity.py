@@ -37,7 +37,7 @@ def error(s: Sample) -> Result:
            doc="KL(variant || exact) and total variation per row, against exact softmax")
 def divergence(s: Sample) -> Result:
     v, e = s.attn.weights, s.exact.weights  # [B, H, N, M] each
-    kl = (torch.special.xlogy(v, v) - torch.special.xlogy(v, e)).sum(dim=-1)  # [B, H, N]
+    kl = (torch.special.xlogy(v, v) - torch.special.xlogy(v, e)).sum(dim=-1).clamp_min(0.0)  # [B, H, N]; ≥ 0 (rounding)
     tv = 0.5 * (v - e).abs().sum(dim=-1)  # [B, H, N]
     v_rows, e_rows = v.sum(dim=-1) > 0, e.sum(dim=-1) > 0  # [B, H, N] each
     return Result(values={"kl": row_mean(kl, v_rows), "tv": row_mean(tv, v_rows | e_rows)})
