@@ -3,6 +3,7 @@ of a setting (values, and a row with the reason for whatever cannot be computed)
 line and the report of its rows."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -31,9 +32,16 @@ VISION = ["data.side=8", "model.d_model=16", "model.heads=2", "model.layers=2", 
 LISTOPS = ["model.d_model=16", "model.heads=2", "model.layers=2", "model.mlp=32"]
 
 
+@functools.lru_cache(maxsize=None)
+def _data(task: str, overrides: tuple[str, ...]):
+    """A task's config and data, built once per module (ListOps' generator takes seconds)."""
+    cfg = tasks.load(task, "small", list(overrides))
+    return cfg, build_data(cfg, Path("/nonexistent"))
+
+
 def _model(task: str, variant: str, overrides: list[str]):
+    cfg, data = _data(task, tuple(o for o in overrides if not o.startswith("model.")))
     cfg = tasks.load(task, "small", overrides)
-    data = build_data(cfg, Path("/nonexistent"))
     pattern = variant.split("@")[0]
     model = build_model(data.kind, model_config(cfg, data, variant, cfg["variant_params"].get(pattern, {})))
     return cfg, data, model
@@ -144,7 +152,7 @@ def test_cli_random_writes_rows_run_json_and_a_report(tmp_path, capsys):
     info = json.loads((out / "run.json").read_text())
     assert info["kind"] == "stats" and len(info["commands"]) == 1
     assert "attention statistics" in capsys.readouterr().out
-    assert main(["report", str(out), "--out", str(tmp_path / "r")]) == 0
+    assert main(["report", str(out), "--out", str(tmp_path / "r"), "--no-figures"]) == 0  # figures: test_stats_report
     assert "statistic" in (tmp_path / "r" / "README.md").read_text().lower()
     capsys.readouterr()
     assert main(["compare", str(out), str(out)]) == 2  # nothing timed to judge: said, not a table of blanks
