@@ -481,8 +481,20 @@ def _failure(e: BaseException) -> tuple[int, str]:
                               "please report it)")
 
 
+MULTIRUN = ("-m", "--multirun")  # COMMAND -m ...: the command as a hydra multirun (attnbench.sweep)
+SWEEPABLE = ("run", "train", "stats")
+
+
+def _sweep(argv: list[str]) -> int:
+    from attnbench.sweep.command import main as sweep
+
+    return sweep(argv[0], [a for a in argv[1:] if a not in MULTIRUN], parser=build_parser(), run=main)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SWEEPABLE and any(a in MULTIRUN for a in argv[1:]):
+        return _sweep(argv)
     try:
         args = _parse(argv)
         for p in getattr(args, "plugin", []) or []:

@@ -54,6 +54,8 @@ from attnbench.params import ParamError, row_filter
 from attnbench.results import read_rows, upgraded
 from attnbench.schema import KEY_FIELDS, case_key, params_key
 from attnbench.stats.schema import is_stats_row
+from attnbench.sweep.collect import sweep_files
+from attnbench.sweep.schema import is_sweep_job_row
 from attnbench.train.schema import is_train_row
 from attnbench.vocab import NOT_RUN
 
@@ -112,9 +114,10 @@ def results_file(path: str | Path) -> Path:
 
 def load_run(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(rows, run.json) of a run directory or a results.jsonl file."""
-    f = results_file(path)
+    files = sweep_files(path) or [results_file(path)]  # a sweep directory: every job's rows
+    f = files[0]
     try:
-        raw = read_rows(f)
+        raw = [r for g in files for r in read_rows(g) if not is_sweep_job_row(r)]
         # model-level rows (row_kind "model") enter as the timed cases they hold: train step, inference
         timed = [c for r in raw if is_model_row(r) for c in timed_cases(r)]
         untimed = [r for r in raw if is_stats_row(r) or is_train_row(r)]  # no timing to judge

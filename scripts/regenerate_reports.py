@@ -29,7 +29,9 @@ SKIP = {"runs"}  # results/runs/ holds local, uncommitted runs
 
 
 def run_dirs(results: Path) -> list[Path]:
-    return sorted(p.parent for p in results.glob("*/*/results.jsonl") if p.parent.parent.name not in SKIP)
+    """Run directories, and sweep directories (``sweep.json``: every job's rows in one report)."""
+    runs = {p.parent for p in results.glob("*/*/results.jsonl")} | {p.parent for p in results.glob("*/*/sweep.json")}
+    return sorted(p for p in runs if p.parent.name not in SKIP)
 
 
 def jobs_of(run: Path) -> dict[tuple, str]:
@@ -79,7 +81,9 @@ def combined(results: Path) -> list[tuple[Path, list[Path]]]:
 def baseline_for(run: Path, preferred: str = "full@sdpa") -> str:
     """full@sdpa where the run has it, else its first full@* kernel (a run of @flex kernels
     only is compared with full@flex)."""
-    have = {r["variant"] for r in read_rows(run / "results.jsonl") if r.get("variant")}
+    from attnbench.sweep.collect import results_files
+
+    have = {r["variant"] for f in results_files(run) for r in read_rows(f) if r.get("variant")}
     if preferred in have:
         return preferred
     full = sorted(v for v in have if v.startswith("full@"))

@@ -15,8 +15,16 @@ from attnbench.vocab import STATUSES
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = sorted(p.parent for p in (ROOT / "results").rglob("results.jsonl"))
-# runs with timed rows (a max-n search alone holds none: compare refuses it, tested below)
-TIMED = [p for p in COMMITTED if any(r.get("probe") != "max_n" for r in read_rows(p / "results.jsonl"))]
+
+
+def _timed(row: dict) -> bool:
+    """A kernel row, or a model row of the timed grid (not a max-n probe)."""
+    return row.get("row_kind") is None or (row["row_kind"] == "model" and row.get("probe") != "max_n")
+
+
+# runs with timed rows (a max-n search, statistics or training runs hold none: compare refuses them, tested below)
+ROWS = {p: read_rows(p / "results.jsonl") for p in COMMITTED}
+TIMED = [p for p in COMMITTED if any(_timed(r) for r in ROWS[p])]
 
 
 def test_make_row_has_every_field_and_refuses_unknown_ones():
@@ -55,10 +63,18 @@ def test_committed_runs_compare_with_themselves(run, capsys):
 
 
 def test_a_max_n_search_alone_has_nothing_to_compare_and_says_so():
-    search_only = [p for p in COMMITTED if p not in TIMED]
+    search_only = [p for p in COMMITTED if ROWS[p] and all(r.get("probe") == "max_n" for r in ROWS[p])]
     assert search_only  # the committed max-n runs
     with pytest.raises(compare.CompareError, match="max-n search probes only"):
         compare.load_run(search_only[0])
+
+
+@pytest.mark.parametrize("kind", ["stats", "train"])
+def test_a_run_of_statistics_or_training_rows_has_nothing_to_compare_and_says_so(kind):
+    runs = [p for p in COMMITTED if ROWS[p] and all(r.get("row_kind") == kind for r in ROWS[p])]
+    assert runs
+    with pytest.raises(compare.CompareError, match="attention statistics or training rows only"):
+        compare.load_run(runs[0])
 
 
 def test_parquet_columns_are_typed(tmp_path):

@@ -216,6 +216,7 @@ def _read_run(label: str, f: Path, index: int) -> tuple[RunInfo, pd.DataFrame | 
     from attnbench.modelbench.schema import is_model_row
     from attnbench.results import read_rows, upgraded
     from attnbench.stats.schema import is_stats_row
+    from attnbench.sweep.schema import is_sweep_job_row
     from attnbench.train.schema import is_train_row
 
     rj = f.parent / "run.json"
@@ -224,7 +225,7 @@ def _read_run(label: str, f: Path, index: int) -> tuple[RunInfo, pd.DataFrame | 
     except json.JSONDecodeError as e:
         raise ReportError(f"RESULTS {str(rj)!r}: run.json is not valid JSON ({e.msg} at line {e.lineno})") from None
     try:
-        raw = read_rows(f)
+        raw = [r for r in read_rows(f) if not is_sweep_job_row(r)]  # a sweep's failed jobs: sweep_jobs.lines_for
         train = [r for r in raw if is_train_row(r)]
         model = [dict(r, run=label, run_device_name=info.get("device_name")) for r in raw if is_model_row(r)]
         stats = [dict(r, run=label) for r in raw if is_stats_row(r)]
@@ -482,6 +483,9 @@ def build_report(inputs: list[Path], out: Path, baseline: str = "full@sdpa", *, 
         files, text = stats_level.section(loaded.stats_rows, out, figures)
         written += files
         sections.append(text)
+    from attnbench.report import sweep_jobs
+
+    sections += ["\n".join(lines) for lines in [sweep_jobs.lines_for(inputs)] if lines]
     readme = out / "README.md"
     readme.write_text(_readme(loaded, inputs, baseline, sections, out, min_fit_n), encoding="utf-8", newline="\n")
     written.append(readme)
