@@ -143,7 +143,7 @@ class Runner:
         self.worker = None
 
     def probe(self) -> dict[str, Any]:
-        """Device facts and the GEMM peak, measured in a worker (CUDA stays out of the parent)."""
+        """Device facts, the GEMM peak and the memory bandwidth, measured in a worker (CUDA stays out of the parent)."""
         with Worker(threads=self.cfg.threads, plugins=tuple(self.cfg.plugins)) as w:
             return w.request({"op": "probe", "device": self.cfg.device, "dtype": self.cfg.dtype}, 300)
 
@@ -223,13 +223,17 @@ class Runner:
             return stored
         info = {**env.host_environment(), "started_at": now}
         self._warn_load(info)
-        self.console.print(f"probing {self.cfg.device} (GEMM peak, device facts) ...")
+        self.console.print(f"probing {self.cfg.device} (GEMM peak, memory bandwidth, device facts) ...")
         info.update(self.probe())
         if info.get("gemm_noisy"):
             self.console.print(plain(
                 f"warning: the GEMM probe waited for a CPU in {info.get('gemm_wait_share') or 0:.0%} of its time: "
                 f"other processes share the CPU; cases that cannot get clean calls will be flagged noisy"),
                 style="yellow")
+        if info.get("mem_bw_noisy"):
+            self.console.print(plain("warning: the memory-bandwidth probe could not get clean calls: other "
+                                     "processes share the CPU; the roofline's bandwidth ceiling is noisy"),
+                               style="yellow")
         info["config"] = self._config_record()
         info["grids"] = [grid]  # every grid the rows were planned with (one unless --extend)
         return info

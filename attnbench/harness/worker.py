@@ -58,11 +58,13 @@ def main() -> None:
             send(run_json(msg["case"], {**(msg.get("opts") or {}), "warm_worker": mode in modes_run}))
             modes_run.add(mode)
         elif op == "probe":
+            from attnbench.harness.bandwidth import memory_bandwidth_gbs
             from attnbench.harness.env import device_environment
             from attnbench.harness.flops import gemm_peak_gflops
 
             info = device_environment(msg["device"])
             info.update(gemm_peak_gflops(msg["device"], msg["dtype"], msg.get("budget_s", 2.0)))
+            info.update(memory_bandwidth_gbs(msg["device"], msg["dtype"]))  # the roofline's second ceiling
             send(info)
         elif op == "exit":
             break

@@ -1,0 +1,90 @@
+"""The roofline: the bandwidth probe, the bound arithmetic, the table and figure, run.json's key."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from attnbench.case import Shape
+from attnbench.catalog import get
+from attnbench.harness.bandwidth import memory_bandwidth_gbs
+from attnbench.report.roofline import bound, ceilings, points, roofline_figure, roofline_table
+
+PEAK, BW = 200.0, 40.0  # GFLOP/s, GB/s: ridge at 5 FLOP/byte
+GROUP = {"device_name": "test", "device": "cpu", "mode": "fwd", "dtype": "float32", "causal": False,
+         "batch": 1, "heads": 2, "head_dim": 16}
+
+
+def _row(variant: str, n: int, gflops: float, **extra) -> dict:
+    """A synthetic ok kernel row of GROUP's shape, its flops from the registry."""
+    shape = Shape(batch=1, heads=2, kv_heads=2, seq_len=n, kv_len=n, head_dim=16)
+    spec = get(variant)
+    return {"variant": variant, "label": variant, "status": "ok", "seq_len": n, "q_len": n, "kv_len": n,
+            "batch": 1, "heads": 2, "kv_heads": 2, "head_dim": 16, "dtype": "float32", "device": "cpu",
+            "causal": False, "mode": "fwd", "params": {}, "flops": spec.flops(shape), "gflops_per_s": gflops,
+            "gemm_peak_gflops": PEAK, "mem_bw_gbs": BW, **extra}
+
+
+def _ai(variant: str, n: int) -> float:
+    shape = Shape(batch=1, heads=2, kv_heads=2, seq_len=n, kv_len=n, head_dim=16)
+    spec = get(variant)
+    return spec.flops(shape) / spec.bytes(shape)
+
+
+def test_probe_gives_a_positive_finite_bandwidth_on_a_tiny_budget():
+    r = memory_bandwidth_gbs("cpu", "float32", budget_s=0.02)
+    assert math.isfinite(r["mem_bw_gbs"]) and r["mem_bw_gbs"] > 0
+    assert r["mem_bw_bytes"] >= 64 * 2**20
+
+
+def test_bound_is_memory_below_the_ridge_and_the_peak_above():
+    assert bound(2.0, PEAK, BW) == (80.0, "memory")  # 40 GB/s x 2 FLOP/B
+    assert bound(50.0, PEAK, BW) == (200.0, "compute")
+
+
+def test_table_divides_achieved_by_the_bound_at_the_largest_n():
+    df = pd.DataFrame([_row("full@naive", 64, 10.0), _row("full@naive", 256, 100.0)])
+    ai = _ai("full@naive", 256)  # D=16 fp32, N=M=256: 4 N M D / (16 N D) = 64 FLOP/B, above the ridge
+    assert ai == pytest.approx(64.0)
+    t = roofline_table(df, GROUP, "fwd_float32_cpu", "test")
+    rec = t.csv.iloc[0]
+    assert rec["seq_len"] == 256 and rec["binds"] == "compute"
+    assert rec["intensity_flop_per_byte"] == pytest.approx(ai)
+    assert rec["bound_gflops_per_s"] == pytest.approx(min(PEAK, BW * ai))
+    assert rec["bound_fraction"] == pytest.approx(100.0 / min(PEAK, BW * ai))
+    low = pd.DataFrame([_row("full@naive", 256, 30.0, mem_bw_gbs=0.5)])  # 0.5 GB/s: ridge at 400 FLOP/B
+    rec = roofline_table(low, GROUP, "s", "test").csv.iloc[0]
+    assert rec["binds"] == "memory" and rec["bound_fraction"] == pytest.approx(30.0 / (0.5 * ai))
+
+
+def test_several_runs_take_the_highest_ceilings():
+    df = pd.DataFrame([_row("full@naive", 64, 10.0), _row("full@naive", 128, 10.0, mem_bw_gbs=60.0)])
+    assert ceilings(df) == (PEAK, 60.0, True)
+
+
+def test_figure_builds_and_is_none_without_rows_or_bandwidth(tmp_path):
+    from attnbench.report.figures import save
+
+    df = pd.DataFrame([_row("full@naive", n, g) for n, g in ((64, 5.0), (256, 20.0))]
+                      + [_row("linear@elu", n, g, noisy=True) for n, g in ((64, 3.0), (256, 8.0))])
+    assert len(points(df)) == 4
+    fig = roofline_figure(df, "test")
+    assert fig is not None and [p.name for p in save(fig, tmp_path / "roof")] == ["roof.png", "roof.pdf"]
+    assert roofline_figure(df.iloc[0:0], "test") is None
+    assert roofline_figure(df.drop(columns=["mem_bw_gbs"]), "test") is None  # a run before the probe
+    assert roofline_table(df.drop(columns=["mem_bw_gbs"]), GROUP, "s", "test") is None
+
+
+def test_a_run_records_the_bandwidth_in_run_json(tmp_path):  # about 9 s: the probes and one case
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "attnbench", "run", "--variants", "full@naive", "--seq-lens", "64",
+                        "--mode", "fwd", "--batch", "1", "--heads", "2", "--head-dim", "16", "--threads", "1",
+                        "timing.budget_s=0.05", "--out", str(out)],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr
+    info = json.loads((out / "run.json").read_text())
+    assert info["mem_bw_gbs"] > 0 and info["mem_bw_bytes"] >= 64 * 2**20
