@@ -71,6 +71,15 @@ def default_out_dir() -> Path:
     return Path("results") / "runs" / stamp
 
 
+PROBE_BUDGET_S = 2.0  # seconds of the GEMM probe of a run at the default per-case budget (1 s) or more
+
+
+def probe_budget(case_budget_s: float) -> float:
+    """The GEMM probe's budget: PROBE_BUDGET_S, cut for a run whose cases get a tenth of a second
+    or less (a smoke run, the tests), down to 0.25 s: a peak no longer than the cases it divides."""
+    return min(PROBE_BUDGET_S, max(0.25, 10.0 * case_budget_s))
+
+
 class Interrupted(Exception):
     """Ctrl-C during a run: the worker was killed and the rows kept; the message says how to resume."""
 
@@ -145,7 +154,8 @@ class Runner:
     def probe(self) -> dict[str, Any]:
         """Device facts, the GEMM peak and the memory bandwidth, measured in a worker (CUDA stays out of the parent)."""
         with Worker(threads=self.cfg.threads, plugins=tuple(self.cfg.plugins)) as w:
-            return w.request({"op": "probe", "device": self.cfg.device, "dtype": self.cfg.dtype}, 300)
+            return w.request({"op": "probe", "device": self.cfg.device, "dtype": self.cfg.dtype,
+                              "budget_s": probe_budget(float(self.cfg.timing["budget_s"]))}, 300)
 
     # -- one case --------------------------------------------------------------------------
     def _precheck(self, case: Case, n: int, stopped: dict) -> dict[str, Any] | None:

@@ -88,3 +88,10 @@ def test_a_run_records_the_bandwidth_in_run_json(tmp_path):  # about 9 s: the pr
     assert p.returncode == 0, p.stderr
     info = json.loads((out / "run.json").read_text())
     assert info["mem_bw_gbs"] > 0 and info["mem_bw_bytes"] >= 64 * 2**20
+
+
+def test_the_gemm_probe_is_cut_only_for_runs_of_tiny_case_budgets():
+    from attnbench.bench import PROBE_BUDGET_S, probe_budget
+
+    assert probe_budget(1.0) == probe_budget(5.0) == PROBE_BUDGET_S  # the default budget and up: unchanged
+    assert probe_budget(0.05) == 0.5 and probe_budget(0.001) == 0.25

@@ -63,7 +63,8 @@ def main() -> None:
             from attnbench.harness.flops import gemm_peak_gflops
 
             info = device_environment(msg["device"])
-            info.update(gemm_peak_gflops(msg["device"], msg["dtype"], msg.get("budget_s", 2.0)))
+            info.update(gemm_peak_gflops(msg["device"], msg["dtype"], msg.get("budget_s", 2.0)),
+                        gemm_probe_s=msg.get("budget_s", 2.0))
             info.update(memory_bandwidth_gbs(msg["device"], msg["dtype"]))  # the roofline's second ceiling
             send(info)
         elif op == "exit":
