@@ -23,6 +23,8 @@ from attnbench.case import Case, Shape, jsonable
 from attnbench.config import BenchConfig, ConfigError
 from attnbench.costs import io_bytes
 from attnbench.harness import env
+from attnbench.harness.allocator import DEFAULT as ALLOCATOR_DEFAULT
+from attnbench.harness.allocator import allocator_env
 from attnbench.harness.flops import achieved
 from attnbench.harness.isolate import Worker, WorkerDied
 from attnbench.report.console import make_console, plain, print_summary
@@ -95,14 +97,15 @@ LIST_KEYS = ("variants", "seq_lens", "modes")  # a resumed run may plan fewer of
 def stored_grids(info: dict[str, Any]) -> list[dict[str, Any]]:
     """Every grid a stored run's rows were planned with (``BenchConfig.grid``; more than one after
     ``--extend``); for a run.json written before grids were recorded, rebuilt from its config."""
-    if info.get("grids"):
-        return [g["grid"] for g in info["grids"]]
+    if info.get("grids"):  # runs before --allocator existed ran under the default allocator
+        return [{"allocator": ALLOCATOR_DEFAULT, **g["grid"]} for g in info["grids"]]
     c = info.get("config") or {}
     r = c.get("resolved") or {}
     g = {"variants": sorted(P.label(n, s) for n, ss in (r.get("settings") or {}).items() for s in ss),
          **{k: r.get(k) for k in ("seq_lens", "modes", "device", "threads", "kv_heads")},
          **{k: c.get(k) for k in ("batch", "heads", "head_dim", "dtype", "causal", "seed", "check", "memory")}}
     g.update({f"timing.{k}": v for k, v in (r.get("timing") or {}).items()})
+    g["allocator"] = c.get("allocator") or ALLOCATOR_DEFAULT
     return [g]
 
 
@@ -141,7 +144,7 @@ class Runner:
         if self.worker is not None and (self.worker_variant != variant or not self.worker.alive):
             self._drop_worker()
         if self.worker is None:
-            self.worker = Worker(threads=self.cfg.threads, plugins=tuple(self.cfg.plugins),
+            self.worker = Worker(threads=self.cfg.threads, plugins=tuple(self.cfg.plugins), allocator=self.cfg.allocator,
                                  start_timeout=max(120.0, self.cfg.timeout_s))
             self.worker_variant = variant
         return self.worker
@@ -153,7 +156,7 @@ class Runner:
 
     def probe(self) -> dict[str, Any]:
         """Device facts, the GEMM peak and the memory bandwidth, measured in a worker (CUDA stays out of the parent)."""
-        with Worker(threads=self.cfg.threads, plugins=tuple(self.cfg.plugins)) as w:
+        with Worker(threads=self.cfg.threads, plugins=tuple(self.cfg.plugins), allocator=self.cfg.allocator) as w:
             return w.request({"op": "probe", "device": self.cfg.device, "dtype": self.cfg.dtype,
                               "budget_s": probe_budget(float(self.cfg.timing["budget_s"]))}, 300)
 
@@ -231,7 +234,8 @@ class Runner:
                 stored["grids"] = [*(stored.get("grids") or [{"grid": stored_grids(stored)[0]}]), grid]
                 stored["config"] = self._config_record()
             return stored
-        info = {**env.host_environment(), "started_at": now}
+        info = {**env.host_environment(), "started_at": now, "allocator": self.cfg.allocator,
+                "allocator_env": allocator_env(self.cfg.allocator)}
         self._warn_load(info)
         self.console.print(f"probing {self.cfg.device} (GEMM peak, memory bandwidth, device facts) ...")
         info.update(self.probe())

@@ -98,6 +98,7 @@ def _sub(sub, name: str, help_text: str) -> argparse.ArgumentParser:
 
 def _run_arguments(p: argparse.ArgumentParser) -> None:
     from attnbench.config import SEQ_LENS_RULE, defaults
+    from attnbench.harness.allocator import ALLOCATORS
     from attnbench.modelbench.command import add_arguments as model_arguments
 
     d = defaults()
@@ -123,6 +124,8 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
                                            "(default: 80%% of the memory available at start)")
     p.add_argument("--time-budget", help=f"seconds of timed repeats per case (default: {d['timing']['budget_s']})")
     p.add_argument("--threads", help="CPU threads per worker (default: all cores)")
+    p.add_argument("--allocator", help=f"CPU memory allocator of the workers: {' | '.join(ALLOCATORS)} "
+                                       f"(default: {d['allocator']}; attnbench/harness/allocator.py says what each does)")
     p.add_argument("--seed", help=f"seed of the inputs (default: {d['seed']})")
     p.add_argument("--no-check", action="store_true", help="skip the sampled-row check before timing")
     p.add_argument("overrides", nargs="*", metavar="key=value",
@@ -186,7 +189,7 @@ def _number(text: str, flag: str, kind=int):
 
 def _flags_into(raw: dict, args) -> None:
     """The run flags given on the command line, over the composed config."""
-    for key in ("variants", "seq_lens", "dtype", "device", "out"):
+    for key in ("variants", "seq_lens", "dtype", "device", "out", "allocator"):
         if getattr(args, key) is not None:
             raw[key] = getattr(args, key)
     for key, flag in _INT_FLAGS.items():

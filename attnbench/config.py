@@ -20,6 +20,8 @@ from typing import Any, List, Optional
 
 from attnbench import params as P
 from attnbench.case import DTYPES
+from attnbench.harness.allocator import DEFAULT as ALLOCATOR_DEFAULT
+from attnbench.harness.allocator import AllocatorError, allocator_env
 from attnbench.vocab import MODES
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -67,6 +69,7 @@ class BenchSchema:
     resume: bool = MISSING
     seed: int = MISSING
     threads: Optional[int] = MISSING
+    allocator: str = MISSING
     timeout_s: float = MISSING
     mem_budget_gb: Optional[float] = MISSING
     check: bool = MISSING
@@ -125,6 +128,7 @@ class BenchConfig:
     resume: bool
     seed: int
     threads: int
+    allocator: str
     timeout_s: float
     mem_budget_bytes: float | None
     check: bool
@@ -143,7 +147,7 @@ class BenchConfig:
         g = {"variants": sorted(P.label(c.spec.name, s) for c in self.choices for s in c.overrides()),
              "seq_lens": self.seq_lens, "modes": self.modes, "batch": self.batch, "heads": self.heads,
              "kv_heads": self.kv_heads, "head_dim": self.head_dim, "dtype": self.dtype, "device": self.device,
-             "causal": self.causal, "threads": self.threads, "seed": self.seed, "check": self.check,
+             "causal": self.causal, "threads": self.threads, "allocator": self.allocator, "seed": self.seed, "check": self.check,
              "memory": self.memory, **{f"timing.{k}": v for k, v in self.timing.items()}}
         return json.loads(json.dumps(g, default=str))
 
@@ -339,7 +343,12 @@ def _run_fields(raw: dict[str, Any], device: str) -> dict[str, Any]:
         t["min_repeats"] = max(10, int(t["min_repeats"]))
         t["max_repeats"] = max(t["min_repeats"], int(t["max_repeats"]))
     budget = raw.get("mem_budget_gb")
-    return dict(threads=threads, timeout_s=float(raw["timeout_s"]), timing=t,
+    allocator = str(raw.get("allocator") or ALLOCATOR_DEFAULT)
+    try:
+        allocator_env(allocator)  # a name it knows, and one this machine provides
+    except AllocatorError as e:
+        raise ConfigError(str(e)) from None
+    return dict(threads=threads, allocator=allocator, timeout_s=float(raw["timeout_s"]), timing=t,
                 mem_budget_bytes=float(budget) * 1e9 if budget else None)
 
 

@@ -20,16 +20,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from attnbench.harness import allocator as allocator_mod
 from attnbench.harness.env import inductor_cache_dir
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 POLL_S = 0.1  # the longest a wait on the worker goes without looking at pending signals
 
 
-def child_env(threads: int) -> dict[str, str]:
+def child_env(threads: int, allocator: str = allocator_mod.DEFAULT) -> dict[str, str]:
     """The environment of a measuring child process: its thread count fixed before torch is
-    imported (0: torch's default), unbuffered output, inductor's cache kept between runs."""
-    env = dict(os.environ)
+    imported (0: torch's default), its memory allocator (:mod:`attnbench.harness.allocator`),
+    unbuffered output, inductor's cache kept between runs."""
+    env = {**os.environ, **allocator_mod.allocator_env(allocator)}
     if threads > 0:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(threads)
@@ -48,8 +50,9 @@ class WorkerDied(Exception):
 class Worker:
     """One worker process. ``request(msg, timeout)`` returns its reply or raises WorkerDied."""
 
-    def __init__(self, *, threads: int = 0, plugins: tuple[str, ...] = (), start_timeout: float = 120):
-        env = child_env(threads)
+    def __init__(self, *, threads: int = 0, plugins: tuple[str, ...] = (), start_timeout: float = 120,
+                 allocator: str = allocator_mod.DEFAULT):
+        env = child_env(threads, allocator)
         env["ATTNBENCH_PARENT_PID"] = str(os.getpid())
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
         self.log = tempfile.NamedTemporaryFile(prefix="attnbench-worker-", suffix=".log", delete=False)
