@@ -39,3 +39,13 @@ test-slow: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Our kernels side by side with the public peers (issue 15, scripts/peers.py): the peers go into
+# their own venv with the same constraints (torch stays pinned), then the run, e.g.
+# make peers ARGS="--seq-lens 4096 --only bigbird"; results/cpu-epyc-2core/peers/ + its report.
+PEERS_VENV ?= .venv-peers
+.PHONY: peers
+peers:
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q --disable-pip-version-check -c $(CONSTRAINTS) -e . -r scripts/peers-requirements.txt
+	$(PEERS_VENV)/bin/python scripts/peers.py $(ARGS)
