@@ -283,8 +283,8 @@ class Runner:
     def _start(self) -> list[dict]:
         """Checks that need the lock, then run.json; the earlier rows of a resumed run."""
         cfg, jsonl = self.cfg, self.out / "results.jsonl"
-        if not cfg.resume and jsonl.exists():
-            raise ConfigError(f"--out {self.out}: already holds a run (results.jsonl); "
+        if not cfg.resume and results.rows_file(self.out).exists():
+            raise ConfigError(f"--out {self.out}: already holds a run ({results.rows_file(self.out).name}); "
                               "add --resume to continue it, or choose a new --out")
         stored = results.read_run_json(self.out) if cfg.resume else None
         if stored is not None:

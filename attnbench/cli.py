@@ -1,5 +1,5 @@
 """``python -m attnbench``: one CLI, one subcommand per job (list, run, check, train, data, report,
-compare, stats).
+compare, stats, compact).
 
 Results and tables go to stdout, progress and logs to stderr. Every failure is one line on
 stderr naming the value or path and what to do: exit 2 for bad input (nothing is written), 1
@@ -53,6 +53,8 @@ EXAMPLES = {
               "python -m attnbench stats --checkpoint RUN/jobs/listops-small-full@sdpa-s0 --variants own,sliding_window,bigbird",
               "python -m attnbench stats --task vision --variants full,swin model.arch=vit model.pool=mean --out results/runs/s",
               "python -m attnbench report results/runs/s --out reports/s     # heatmaps, rollout, coverage and error"],
+    "compact": ["python -m attnbench compact results/runs/s     # results.jsonl -> results.jsonl.gz, for committing",
+                "python -m attnbench compact results/cpu-epyc-2core/stats-*"],
     "compare": ["python -m attnbench compare results/runs/base results/runs/new",
                 "python -m attnbench compare base new --threshold 20% --variants 'sliding_window@*' --csv cmp.csv",
                 "python -m attnbench compare base new --plugin my_kernel.py"],
@@ -137,6 +139,7 @@ def _run_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> Parser:
     from attnbench import __version__
+    from attnbench.compact import add_arguments as compact_arguments
     from attnbench.compare import add_arguments as compare_arguments
     from attnbench.report.build import add_arguments as report_arguments
     from attnbench.stats.command import add_arguments as stats_arguments
@@ -171,6 +174,8 @@ def build_parser() -> Parser:
     stats_arguments(_sub(sub, "stats", "attention statistics per layer and head (entropy, distance, spectrum, "
                                        "rollout; error, KL and coverage against exact softmax) of variants on "
                                        "random inputs, a task or a trained checkpoint"))
+    compact_arguments(_sub(sub, "compact", "a finished run made fit to commit: its rows gzipped deterministically "
+                                           "(results.jsonl.gz, read like results.jsonl), its parquet rewritten"))
     return ap
 
 
@@ -430,8 +435,14 @@ def cmd_stats(args) -> int:
     return stats(args)
 
 
+def cmd_compact(args) -> int:
+    from attnbench.compact import cmd_compact as compact
+
+    return compact(args)
+
+
 COMMANDS = {"list": cmd_list, "run": cmd_run, "check": cmd_check, "train": cmd_train, "data": cmd_data,
-            "report": cmd_report, "compare": cmd_compare, "stats": cmd_stats}
+            "report": cmd_report, "compare": cmd_compare, "stats": cmd_stats, "compact": cmd_compact}
 
 
 def load_plugin(path: str) -> None:
@@ -456,6 +467,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def _failure(e: BaseException) -> tuple[int, str]:
     """(exit status, the one line) for an exception that ends the command."""
     from attnbench.catalog import PluginError
+    from attnbench.compact import CompactError
     from attnbench.config import ConfigError
     from attnbench.params import ParamError
     from attnbench.registry import UnknownVariant
@@ -469,7 +481,7 @@ def _failure(e: BaseException) -> tuple[int, str]:
     from attnbench.stats.sources import SourceError
 
     if isinstance(e, (UsageError, ConfigError, UnknownVariant, ParamError, PluginError, TaskError, TrainUsageError,
-                      DataError, ModelBenchError, InputsError, StatsError, SourceError)):
+                      DataError, ModelBenchError, InputsError, StatsError, SourceError, CompactError)):
         return EXIT_USAGE, f"error: {e}"
     bench = sys.modules.get("attnbench.bench")  # only a run can be interrupted with a resume line
     model = sys.modules.get("attnbench.modelbench.runner")

@@ -51,7 +51,7 @@ from typing import Any, Iterable
 
 from attnbench.modelbench.schema import is_model_row, timed_cases
 from attnbench.params import ParamError, row_filter
-from attnbench.results import read_rows, upgraded
+from attnbench.results import read_rows, rows_file, upgraded
 from attnbench.schema import KEY_FIELDS, case_key, params_key
 from attnbench.stats.schema import is_stats_row
 from attnbench.sweep.collect import sweep_files
@@ -105,9 +105,10 @@ def parse_alpha(text: str | float) -> float:
 # -- loading ---------------------------------------------------------------------------------
 def results_file(path: str | Path) -> Path:
     p = Path(path)
-    f = p / "results.jsonl" if p.is_dir() else p
+    f = rows_file(p) if p.is_dir() else p
     if not f.is_file():
-        where = f"no results.jsonl in directory {p}" if p.is_dir() else f"{p}: no such file or directory"
+        where = (f"no results.jsonl in directory {p} (nor results.jsonl.gz)" if p.is_dir()
+                 else f"{p}: no such file or directory")
         raise CompareError(f"{where} (give a run directory or its results.jsonl)")
     return f
 

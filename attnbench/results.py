@@ -5,11 +5,22 @@ the case in flight; a truncated last line (the kill landed mid-write) is dropped
 cut off before a resumed run appends. One writer per run directory: :class:`RunLock` holds an
 exclusive ``flock`` on ``DIR/.lock`` (the kernel releases it however the holder dies), and the
 file names the holder, so a second writer is refused with who holds it.
+
+A finished run may be compacted for committing (``python -m attnbench compact``): its rows then
+live in ``results.jsonl.gz`` alone. :func:`rows_file` names a run's rows file either way and
+:func:`read_rows` reads both; a writer that appends to a compacted run first expands it back to
+``results.jsonl`` (the rows keep one home). ``results.parquet`` holds the rows as typed columns,
+each kind in its own table (:func:`write_parquet`): a run of one kind of rows has that file
+alone; a run that mixes kinds (a sweep job's rows and its ``sweep_job`` row) writes the first
+row's kind to ``results.parquet`` and every other kind to ``results.<kind>.parquet``, since the
+kinds' tables disagree (a training row's ``job`` is a name, a sweep_job row's a number).
 """
 from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import gzip
+import importlib
 import json
 import os
 import socket
@@ -19,6 +30,13 @@ from typing import Any
 from attnbench import schema
 
 LOCK_NAME = ".lock"
+ROWS = "results.jsonl"
+COMPACTED = ROWS + ".gz"
+ROWS_SUFFIXES = (".jsonl", ".jsonl.gz")  # what a rows file given by path may be called
+PARQUET = "results.parquet"
+# the modules that register the builtin kinds of rows besides kernel rows (attnbench.schema.register_kind)
+ROW_KIND_MODULES = ("attnbench.train.schema", "attnbench.modelbench.schema", "attnbench.stats.schema",
+                    "attnbench.sweep.schema")
 
 
 class StoreError(Exception):
@@ -49,13 +67,28 @@ def upgraded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [schema.upgrade(r, defaults) for r in rows]
 
 
+def rows_file(run_dir: Path) -> Path:
+    """The file holding a run directory's rows: ``results.jsonl``, or ``results.jsonl.gz`` where
+    only that is there (a compacted run); ``results.jsonl`` where neither is (a new run's)."""
+    plain, packed = Path(run_dir) / ROWS, Path(run_dir) / COMPACTED
+    return packed if packed.is_file() and not plain.exists() else plain
+
+
+def read_bytes(path: Path) -> bytes:
+    """The text of a rows file, decompressed where it is a ``.gz``."""
+    data = Path(path).read_bytes()
+    return gzip.decompress(data) if Path(path).suffix == ".gz" else data
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Complete rows of a results.jsonl; a truncated or garbled last line is ignored."""
+    """Complete rows of a results.jsonl (a run's ``results.jsonl`` stands for its ``.gz`` where the
+    run is compacted: :func:`rows_file`); a truncated or garbled last line is ignored."""
     path = Path(path)
+    path = rows_file(path.parent) if path.name == ROWS else path
     if not path.exists():
         return []
     rows = []
-    lines = path.read_bytes().split(b"\n")
+    lines = read_bytes(path).split(b"\n")
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -69,10 +102,11 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def repair(path: Path) -> int:
-    """Cut a partial last line off ``path``; returns the number of complete rows."""
+    """Cut a partial last line off ``path``; returns the number of complete rows (a compacted
+    run's rows are whole: nothing to cut)."""
     path = Path(path)
     if not path.exists():
-        return 0
+        return len(read_rows(path))
     data = path.read_bytes()
     keep = data[: data.rfind(b"\n") + 1] if not data.endswith(b"\n") else data
     if keep != data:
@@ -81,12 +115,30 @@ def repair(path: Path) -> int:
     return len(read_rows(path))
 
 
+def expand(run_dir: Path) -> bool:
+    """A compacted run's ``results.jsonl.gz`` back to ``results.jsonl`` (the ``.gz`` removed), so
+    rows can be appended; False where there was nothing to expand."""
+    plain, packed = Path(run_dir) / ROWS, Path(run_dir) / COMPACTED
+    if rows_file(run_dir) != packed:
+        return False
+    tmp = plain.with_suffix(".jsonl.tmp")
+    try:
+        tmp.write_bytes(read_bytes(packed))
+        tmp.replace(plain)
+        packed.unlink()
+    except OSError as e:
+        raise StoreError(f"{packed}: cannot expand it to {plain} to add rows ({e.strerror})") from None
+    return True
+
+
 class ResultsWriter:
     """Appends rows to ``results.jsonl``: one ``write`` + flush per complete line. A write the
-    disk refuses (full, read-only) raises :class:`StoreError`; the rows before it are kept."""
+    disk refuses (full, read-only) raises :class:`StoreError`; the rows before it are kept. A
+    compacted run is expanded first (``expanded`` says so: compact it again when it is done)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.expanded = self.path.name == ROWS and expand(self.path.parent)
         try:
             self._f = open(self.path, "a", encoding="utf-8")
         except OSError as e:
@@ -181,6 +233,37 @@ def write_run_json(out_dir: Path, info: dict[str, Any]) -> None:
     tmp.replace(p)
 
 
+def row_kinds() -> dict[str, schema.RowKind]:
+    """Every kind of row by name, the builtin kinds' modules imported (their import registers them)."""
+    for module in ROW_KIND_MODULES:
+        importlib.import_module(module)
+    return schema.ROW_KINDS
+
+
+def row_kind(name: str) -> schema.RowKind:
+    """The kind of row ``name`` (the builtin kinds loaded only when it is not registered yet); an
+    unknown name raises :class:`attnbench.schema.SchemaError`."""
+    kinds = schema.ROW_KINDS if name in schema.ROW_KINDS else row_kinds()
+    if name not in kinds:
+        raise schema.SchemaError(f"row_kind {name!r}: not a kind of row this attnbench knows "
+                                 f"({', '.join(kinds)}); upgrade attnbench")
+    return kinds[name]
+
+
 def write_parquet(out_dir: Path) -> Path:
-    """``results.parquet`` of every complete row of ``out_dir/results.jsonl`` (typed columns)."""
-    return schema.to_parquet(upgraded(read_rows(Path(out_dir) / "results.jsonl")), Path(out_dir) / "results.parquet")
+    """``results.parquet`` of every complete row of the run in ``out_dir``, typed columns from the
+    table of the rows' kind (kernel rows upgraded to the current schema first); where the run
+    mixes kinds, the first row's kind there and each other kind in ``results.<kind>.parquet``.
+    Returns ``results.parquet``; a ``results.<kind>.parquet`` of a kind no longer present goes."""
+    out_dir = Path(out_dir)
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for r in read_rows(rows_file(out_dir)):
+        by_kind.setdefault(schema.kind_of(r), []).append(r)
+    written = []
+    for i, (name, rows) in enumerate(by_kind.items() or [(schema.KERNEL, [])]):
+        path = out_dir / (PARQUET if i == 0 else f"results.{name}.parquet")
+        rows = upgraded(rows) if name == schema.KERNEL else rows
+        written.append(schema.to_parquet(rows, path, row_kind(name).fields))
+    for stale in set(out_dir.glob("results.*.parquet")) - set(written):
+        stale.unlink()
+    return written[0]

@@ -1,9 +1,9 @@
 """Regenerate every committed report from the committed results; never re-measures.
 
-Each run directory ``results/<machine>/<run>/`` (``results.jsonl`` + ``run.json``) gets its
-generated report in ``reports/<machine>/<run>/`` (tables, figures, README index), built by
-``python -m attnbench report``. The training runs of a machine (``train-<task>``) are also
-reported together in ``reports/<machine>/train-all/``, with the machine's main kernel run
+Each run directory ``results/<machine>/<run>/`` (``results.jsonl``, or ``results.jsonl.gz`` where
+compacted, + ``run.json``) gets its generated report in ``reports/<machine>/<run>/`` (tables,
+figures, README index), built by ``python -m attnbench report``. The training runs of a machine
+(``train-<task>``) are also reported together in ``reports/<machine>/train-all/``, with the machine's main kernel run
 (``main-fwd``) beside them for the accuracy-speed-memory bubble chart. The hand-written ``reports/<machine>/README.md`` (analysis and
 the figures of the scripts' CSVs) is not touched.
 
@@ -23,14 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from attnbench.report.build import build_report  # noqa: E402
-from attnbench.results import read_rows  # noqa: E402
+from attnbench.results import COMPACTED, ROWS, read_rows, rows_file  # noqa: E402
 
 SKIP = {"runs"}  # results/runs/ holds local, uncommitted runs
 
 
 def run_dirs(results: Path) -> list[Path]:
     """Run directories, and sweep directories (``sweep.json``: every job's rows in one report)."""
-    runs = {p.parent for p in results.glob("*/*/results.jsonl")} | {p.parent for p in results.glob("*/*/sweep.json")}
+    runs = {p.parent for name in (ROWS, COMPACTED, "sweep.json") for p in results.glob(f"*/*/{name}")}
     return sorted(p for p in runs if p.parent.name not in SKIP)
 
 
@@ -38,7 +38,7 @@ def jobs_of(run: Path) -> dict[tuple, str]:
     """job key -> config_hash of a training run's rows."""
     from attnbench.train.schema import is_train_row, job_key
 
-    return {job_key(r): r.get("config_hash") for r in read_rows(run / "results.jsonl") if is_train_row(r)}
+    return {job_key(r): r.get("config_hash") for r in read_rows(rows_file(run)) if is_train_row(r)}
 
 
 def poolable(runs: list[Path]) -> tuple[list[Path], list[Path]]:
@@ -61,7 +61,7 @@ def combined(results: Path) -> list[tuple[Path, list[Path]]]:
     """(report path relative to reports/, its inputs): every machine's training runs together."""
     out = []
     for machine in sorted(p for p in results.iterdir() if p.is_dir() and p.name not in SKIP):
-        runs = sorted(p for p in machine.glob("train-*") if (p / "results.jsonl").is_file())
+        runs = sorted(p for p in machine.glob("train-*") if rows_file(p).is_file())
         # the vision skeletons apart: their tasks are not LRA's, and a pattern not trained on them would
         # lose its place in the LRA-style average and bubble chart
         vision = [p for p in runs if p.name.startswith("train-vision")]
@@ -70,7 +70,7 @@ def combined(results: Path) -> list[tuple[Path, list[Path]]]:
         train, apart2 = poolable(train)
         for p in apart + apart2:
             print(f"{p}: jobs of another task config than an earlier run's; reported on its own only")
-        kernel = [machine / "main-fwd"] if (machine / "main-fwd" / "results.jsonl").is_file() else []
+        kernel = [machine / "main-fwd"] if rows_file(machine / "main-fwd").is_file() else []
         if train:
             out.append((machine.relative_to(results) / "train-all", train + kernel))
         if vision:
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)  # relative paths: the reports name their inputs the same on every clone
     dirs = run_dirs(args.results)
     if not dirs:
-        print(f"no run directories (*/*/results.jsonl) under {args.results}", file=sys.stderr)
+        print(f"no run directories (*/*/results.jsonl or .gz) under {args.results}", file=sys.stderr)
         return 2
     stale = []
     jobs = [(d.relative_to(args.results), [d]) for d in dirs] + combined(args.results)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The committed attention-statistics runs of a machine, from its training runs' seed-0 checkpoints
 # (results/<machine>/train-*/jobs/*-s0; the jobs/ directories are local, not committed) and from
-# seeded inputs. Each run directory is rebuilt from scratch; then `python scripts/regenerate_reports.py`.
+# seeded inputs. Each run directory is rebuilt from scratch, then compacted for committing
+# (results.jsonl.gz, `python -m attnbench compact`); then `python scripts/regenerate_reports.py`.
 #
 #   bash scripts/stats_runs.sh results/cpu-epyc-2core
 set -euo pipefail
@@ -46,3 +47,6 @@ $S --random --input sharp --heads 4 --head-dim 64 --batch 1 --seq-len 256,512,10
   --variants 'full,performer[nb_features=16,32,64,128,256],linear,lsh[n_hashes=1,2,4,8],lsh[bucket_size=16,32,128],sliding_window[window=32,128],longformer[window=64,128],bigbird[block=16,64]'
 $S --random --input gaussian --heads 4 --head-dim 64 --batch 1 --seq-len 256,512,1024,2048 --out "$R/stats-random" \
   --variants 'performer[nb_features=16,32,64,128,256],linear,lsh[n_hashes=1,2,4,8]' --stats entropy,error,divergence,coverage
+
+# committed files stay small: each run's rows gzipped (read like results.jsonl), its parquet rewritten
+python -m attnbench compact "$R/stats-listops" "$R/stats-vision-cls" "$R/stats-vision" "$R/stats-random"

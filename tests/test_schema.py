@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from attnbench import compare, schema
-from attnbench.results import read_rows, upgraded
+from attnbench import compare, results, schema
+from attnbench.results import read_rows, rows_file, upgraded
 from attnbench.vocab import STATUSES
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMITTED = sorted(p.parent for p in (ROOT / "results").rglob("results.jsonl"))
+COMMITTED = sorted({p.parent for name in (results.ROWS, results.COMPACTED) for p in (ROOT / "results").rglob(name)})
 
 
 def _timed(row: dict) -> bool:
@@ -23,7 +23,7 @@ def _timed(row: dict) -> bool:
 
 
 # runs with timed rows (a max-n search, statistics or training runs hold none: compare refuses them, tested below)
-ROWS = {p: read_rows(p / "results.jsonl") for p in COMMITTED}
+ROWS = {p: read_rows(rows_file(p)) for p in COMMITTED}
 TIMED = [p for p in COMMITTED if any(_timed(r) for r in ROWS[p])]
 
 
@@ -43,7 +43,7 @@ def test_schema_statuses_are_the_vocabulary():
 
 @pytest.mark.parametrize("run", COMMITTED, ids=[p.name for p in COMMITTED])
 def test_committed_runs_upgrade_to_complete_rows(run):
-    rows = upgraded(read_rows(run / "results.jsonl"))
+    rows = upgraded(read_rows(rows_file(run)))
     assert rows
     for r in rows:
         assert set(schema.NAMES) <= set(r) and r["schema_version"] == schema.SCHEMA_VERSION

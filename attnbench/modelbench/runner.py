@@ -151,9 +151,9 @@ class ModelRunner:
         """run.json (kept on resume) and the earlier rows by probe key."""
         jsonl = self.out / "results.jsonl"
         stored = results.read_run_json(self.out) if self.cfg.resume else None
-        if not self.cfg.resume and jsonl.exists():
-            raise results.StoreError(f"--out {self.out}: already holds a run (results.jsonl); add --resume to "
-                                     "continue it, or choose a new --out")
+        if not self.cfg.resume and results.rows_file(self.out).exists():
+            raise results.StoreError(f"--out {self.out}: already holds a run ({results.rows_file(self.out).name}); "
+                                     "add --resume to continue it, or choose a new --out")
         results.repair(jsonl)
         self.rows = [r for r in results.read_rows(jsonl) if schema.is_model_row(r)]
         now = dt.datetime.now(dt.timezone.utc).isoformat()

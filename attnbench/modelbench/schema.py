@@ -17,30 +17,22 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from attnbench.schema import Field, complete_row
+from attnbench.schema import Field, register_kind, shared
 
 SCHEMA_VERSION = 1
 ROW_KIND = "model"
 PROBES = ("measure", "max_n")
 
-FIELDS: tuple[Field, ...] = (
-    Field("row_kind", "str", "'model' (kernel rows have no such field)"),
-    Field("model_schema_version", "int", "version of this row format"),
+ROWS = register_kind(ROW_KIND, "model_schema_version", SCHEMA_VERSION, (
     Field("probe", "str", "measure (a grid case: steps, inference, memory, attention share) or max_n (one probe "
                           "of the longest-trainable-n search)"),
     Field("task", "str", "task name (tasks/<task>.yaml): its skeleton, not its data"),
-    Field("task_version", "int", "the task's version"),
+    *shared("task_version"),
     Field("size", "str", "small or paper: which of the task's skeletons"),
     Field("kind", "str", "data kind the skeleton takes: classify, pair or tokens"),
     Field("skeleton", "str", "the model in words: kind, layers, heads, d_model, mlp, pool, positions"),
     Field("inputs_source", "str", "how kind, vocab_size and num_classes were known without the data"),
-    Field("variant", "str", "pattern@kernel the model's attention ran"),
-    Field("pattern", "str", "what is attended to"),
-    Field("kernel", "str", "how"),
-    Field("family", "str", "vocab.FAMILIES"),
-    Field("exact", "bool", "equals softmax attention under its pattern"),
-    Field("params", "json", "the variant's parameters as the kernel received them"),
-    Field("param_label", "str", "the non-default parameters, 'k=v,...'"),
+    *shared("variant", "pattern", "kernel", "family", "exact", "params", "param_label"),
     Field("seq_len", "int", "n: tokens per sequence fed to the model (random ids in [1, vocab))"),
     Field("batch", "int", "B: sequences per step (a pair task feeds 2 per sample)"),
     Field("attn_len", "int", "tokens each attention call sees (n + 1 with a CLS token)"),
@@ -48,15 +40,13 @@ FIELDS: tuple[Field, ...] = (
     Field("attn_calls", "int", "attention calls per forward (layers, or more with segments)"),
     Field("layers", "int", "transformer blocks"),
     Field("d_model", "int", "model width"),
-    Field("heads", "int", "H, query heads"),
-    Field("kv_heads", "int", "Hkv (after the variant's own rule)"),
-    Field("head_dim", "int", "D"),
+    *shared("heads", "kv_heads", "head_dim"),
     Field("causal", "bool", "causal attention (kind tokens)"),
     Field("dtype", "str", "float32 (the model's parameters and activations)"),
-    Field("device", "str", "cpu, cuda or cuda:N"),
+    *shared("device"),
     Field("status", "str", "vocab.STATUSES: ok, oom, timeout, crash, error, unsupported, skipped"),
     Field("reasons", "list[str]", "why a probe is not ok (every reason), or notes (a part that failed)"),
-    Field("n_params", "int", "trainable parameters of the model"),
+    *shared("n_params"),
     Field("first_step_ms", "float", "the first training step (AdamW state allocated, lazy init), timed apart"),
     Field("step_ms_median", "float", "median wall time of one training step: zero_grad, forward, loss, backward, "
                                      "clip, AdamW step (ms; max_n probes: their second step alone)"),
@@ -101,17 +91,17 @@ FIELDS: tuple[Field, ...] = (
     Field("device_name", "str", "CPU or GPU model the probe ran on"),
     Field("config", "json", "the resolved task config whose model (and AdamW settings) the probe used"),
     Field("config_hash", "str", "sha256 of that config's model, train and inputs (first 12 hex digits)"),
-    Field("git_sha", "str", "commit of the code"),
-)
-NAMES = tuple(f.name for f in FIELDS)
+    *shared("git_sha"),
+), "model row")
+FIELDS = ROWS.fields
+NAMES = ROWS.names
 # What identifies a probe across resumes, reports and compare.
 KEY_FIELDS = ("probe", "task", "size", "config_hash", "variant", "params", "seq_len", "batch", "dtype", "device",
               "mem_budget_bytes")
 
 
-def make_row(**values: Any) -> dict[str, Any]:
-    """A complete model row: every field in order, None where not given. Unknown names raise."""
-    return complete_row(NAMES, values, {"row_kind": ROW_KIND, "model_schema_version": SCHEMA_VERSION}, "model row")
+make_row = ROWS.make_row  # a complete model row: every field in order, None where not given
+is_model_row = ROWS.is_row
 
 
 def probe_key(row: dict[str, Any]) -> tuple:
@@ -123,10 +113,6 @@ def probe_key(row: dict[str, Any]) -> tuple:
         return None if f == "mem_budget_bytes" and row.get("probe") == "measure" else row.get(f)
 
     return tuple(value(f) for f in KEY_FIELDS)
-
-
-def is_model_row(row: dict[str, Any]) -> bool:
-    return row.get("row_kind") == ROW_KIND
 
 
 def timed_cases(row: dict[str, Any]) -> list[dict[str, Any]]:

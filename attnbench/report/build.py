@@ -1,7 +1,8 @@
 """``attnbench report RESULTS...``: tables and figures from stored results, never re-measured.
 
-Reads one or many result directories (``results.jsonl`` + ``run.json``) or ``results.jsonl``
-files — a directory that holds run directories stands for all of them — merges them (device
+Reads one or many result directories (``results.jsonl`` + ``run.json``; ``results.jsonl.gz``
+where the run is compacted) or ``results.jsonl`` files — a directory that holds run directories
+stands for all of them (:func:`attnbench.sweep.collect.results_files`) — merges them (device
 name and environment from each ``run.json`` kept as columns), keeps the latest run's row where
 the same case was measured more than once (and says so in the README), splits the rows into
 groups (device, mode, dtype, causal, shape) and writes, per group::
@@ -86,18 +87,17 @@ class Loaded:
 # loading and merging
 # --------------------------------------------------------------------------------------------
 def _expand(p: Path) -> list[Path]:
-    """results.jsonl files an input stands for."""
+    """The rows files (results.jsonl or .jsonl.gz) an input stands for."""
+    from attnbench.results import ROWS_SUFFIXES
+    from attnbench.sweep.collect import results_files
+
     if not p.exists():
         raise ReportError(f"RESULTS {str(p)!r}: no such file or directory; give a run directory holding "
                           f"results.jsonl (e.g. results/cpu-xeon-2core/all-fwd), a results.jsonl file, or a "
                           f"directory of run directories")
-    if p.is_file():
-        if p.suffix != ".jsonl":
-            raise ReportError(f"RESULTS {str(p)!r}: not a .jsonl file; give a results.jsonl file or a run directory")
-        return [p]
-    if (p / "results.jsonl").is_file():
-        return [p / "results.jsonl"]
-    found = sorted(p.glob("*/results.jsonl")) or sorted(p.glob("*/*/results.jsonl"))
+    if p.is_file() and not p.name.endswith(ROWS_SUFFIXES):
+        raise ReportError(f"RESULTS {str(p)!r}: not a .jsonl file; give a results.jsonl file or a run directory")
+    found = results_files(p)
     if not found:
         raise ReportError(f"RESULTS {str(p)!r}: directory has no results.jsonl (nor run directories with one); "
                           f"give a directory written by `python -m attnbench run`")
@@ -191,6 +191,8 @@ def _latest_train_rows(rows: list[dict]) -> tuple[list[dict], list[str]]:
 
 def _input_files(inputs: Sequence[Path]) -> tuple[list[tuple[str, Path]], list[str]]:
     """(label, results.jsonl) per file the inputs stand for, each file once; notes on repeats."""
+    from attnbench.results import COMPACTED, ROWS
+
     files: list[tuple[str, Path]] = []
     notes: list[str] = []
     seen: set[Path] = set()
@@ -201,7 +203,7 @@ def _input_files(inputs: Sequence[Path]) -> tuple[list[tuple[str, Path]], list[s
                 notes.append(f"{f} was given more than once; read once.")
                 continue
             seen.add(key)
-            label = str(f.parent) if f.name == "results.jsonl" else str(f)
+            label = str(f.parent) if f.name in (ROWS, COMPACTED) else str(f)
             files.append((label, f))
     return files, notes
 
@@ -212,7 +214,7 @@ def _read_run(label: str, f: Path, index: int) -> tuple[RunInfo, pd.DataFrame | 
     carries the run's fields and the merge order (``_started``, ``_input`` = ``index``, ``_order``),
     or is None when the file has no complete kernel rows; the training rows apart, as stored; the
     model-level rows apart, with the run's label and machine (``run``, ``run_device_name``); the
-    statistics rows apart, with the run's label."""
+    statistics rows apart, with the run's label and the name of its rows file (``rows_file``)."""
     import pandas as pd
 
     from attnbench.modelbench.schema import is_model_row
@@ -230,7 +232,7 @@ def _read_run(label: str, f: Path, index: int) -> tuple[RunInfo, pd.DataFrame | 
         raw = [r for r in read_rows(f) if not is_sweep_job_row(r)]  # a sweep's failed jobs: sweep_jobs.lines_for
         train = [r for r in raw if is_train_row(r)]
         model = [dict(r, run=label, run_device_name=info.get("device_name")) for r in raw if is_model_row(r)]
-        stats = [dict(r, run=label) for r in raw if is_stats_row(r)]
+        stats = [dict(r, run=label, rows_file=f.name) for r in raw if is_stats_row(r)]
         raw = [r for r in raw if not is_train_row(r) and not is_model_row(r) and not is_stats_row(r)]
         rows = upgraded(raw)
     except ValueError as e:

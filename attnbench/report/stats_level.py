@@ -36,6 +36,13 @@ def _figures(g: R.Group) -> list[tuple[str, str, Any]]:
     return out
 
 
+def _rows_files(g: R.Group) -> str:
+    """The names of the files the group's rows were read from (``results.jsonl``, or
+    ``results.jsonl.gz`` for a compacted run), as the report's loader marks them."""
+    names = sorted({r["rows_file"] for rows in g.by.values() for r in rows if r.get("rows_file")})
+    return " and ".join(names) or "results.jsonl"
+
+
 def _draw(g: R.Group, out: Path) -> tuple[list[Path], list[str]]:
     import matplotlib
 
@@ -75,7 +82,7 @@ def section(rows: list[dict[str, Any]], out: Path, figures: bool) -> tuple[list[
             written += files
             lines += links
             if links:
-                lines.append("- Maps are drawn from the rows' `series`; their numbers are in results.jsonl.")
+                lines.append(f"- Maps are drawn from the rows' `series`; their numbers are in {_rows_files(g)}.")
         missing = not_computed(g)
         if missing:
             lines += ["", "Not computed:", "", *missing]

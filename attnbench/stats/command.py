@@ -9,7 +9,9 @@ Sources (``attnbench.stats.sources``): ``--random`` (seeded q, k, v of one layer
 (the task's validation inputs through its skeleton at initialization, one model per variant),
 ``--checkpoint PATH`` (a trained job; ``own`` in --variants is its variant; repeatable). Rows go
 to ``--out`` (``results.jsonl``, ``run.json`` of kind ``stats``, ``results.parquet``), a
-one-table summary to stdout.
+one-table summary to stdout. An earlier stats run in ``--out`` gains the rows; a compacted one
+(``results.jsonl.gz``, ``python -m attnbench compact``) is expanded back to ``results.jsonl``
+first, and the command ends by saying to compact it again.
 """
 from __future__ import annotations
 
@@ -164,7 +166,7 @@ def cmd_stats(args) -> int:
     lock = results.RunLock(out)
     lock.acquire(command)
     console = make_console(stderr=True)
-    writer = results.ResultsWriter(out / "results.jsonl")
+    writer = results.ResultsWriter(out / results.ROWS)
     rows: list[dict[str, Any]] = []
     try:
         for src, settings, where in plan(args):
@@ -185,7 +187,10 @@ def cmd_stats(args) -> int:
         lock.release()
     results.write_parquet(out)
     summary.print_summary(rows, make_console())
-    console.print(plain(f"{len(rows)} rows in {out / 'results.jsonl'}"))
+    console.print(plain(f"{len(rows)} rows in {out / results.ROWS}"))
+    if writer.expanded:
+        console.print(plain(f"{out} was compacted: its {results.COMPACTED} was expanded to {results.ROWS} to add "
+                            f"these rows; compact it again before committing: python -m attnbench compact {out}"))
     return 0
 
 

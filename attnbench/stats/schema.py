@@ -13,17 +13,13 @@ Long format: a statistic gives one or more ``column`` s (entropy: ``entropy`` an
 """
 from __future__ import annotations
 
-from typing import Any
-
-from attnbench.schema import Field, complete_row
+from attnbench.schema import Field, register_kind, shared
 
 SCHEMA_VERSION = 1
 ROW_KIND = "stats"
 SOURCES = ("random", "task", "checkpoint")
 
-FIELDS: tuple[Field, ...] = (
-    Field("row_kind", "str", "'stats' (kernel rows have no such field)"),
-    Field("stats_schema_version", "int", "version of this row format"),
+ROWS = register_kind(ROW_KIND, "stats_schema_version", SCHEMA_VERSION, (
     Field("source", "str", "where q, k, v came from: random (seeded Gaussian or sharp q, k, v), task (the "
                            "task's data through a freshly initialized model), checkpoint (a trained job's model "
                            "on its task's validation data)"),
@@ -33,19 +29,14 @@ FIELDS: tuple[Field, ...] = (
     Field("arch", "str", "the model's skeleton: encoder, vit, swin, pvt (None for random inputs)"),
     Field("model_variant", "str", "the variant the model ran, whose layers gave q, k, v (None for random inputs)"),
     Field("variant", "str", "pattern@kernel whose attention the statistic describes, on those q, k, v"),
-    Field("pattern", "str", "what is attended to"),
-    Field("kernel", "str", "how"),
-    Field("family", "str", "vocab.FAMILIES"),
-    Field("exact", "bool", "the variant computes exact softmax attention under its pattern"),
+    *shared("pattern", "kernel", "family", "exact"),
     Field("weights_from", "str", "kernel (it returned its probabilities) | implied (its dense definition on the "
                                  "same q, k: masked softmax, normalized feature products, LSH's effective weights)"),
-    Field("params", "json", "the variant's parameters as resolved"),
-    Field("param_label", "str", "the non-default parameters, 'k=v,...'"),
+    *shared("params", "param_label"),
     Field("seq_len", "int", "N, queries"),
     Field("kv_len", "int", "M, keys"),
     Field("batch", "int", "inputs the statistic averages over"),
-    Field("heads", "int", "query heads of the layer"),
-    Field("head_dim", "int", "D"),
+    *shared("heads", "head_dim"),
     Field("causal", "bool", "causal attention"),
     Field("layer", "int", "0-based layer (block) index; None for a model-scope statistic"),
     Field("stage", "int", "the stage of a hierarchical model (Swin, PVT); 0 otherwise"),
@@ -53,22 +44,17 @@ FIELDS: tuple[Field, ...] = (
     Field("stat", "str", "the statistic's name (attnbench.stats.STATISTICS)"),
     Field("column", "str", "which of the statistic's figures"),
     Field("value", "float", "the figure, averaged over queries and the batch as the statistic defines"),
-    Field("series", "json", "a curve or a map, flattened row-major (None for scalars)"),
-    Field("series_shape", "json", "the series' shape (e.g. [32, 32] for a map, [8, 8] for a CLS map on a patch grid)"),
+    Field("series", "list[float]", "a curve or a map, flattened row-major (None for scalars)"),
+    Field("series_shape", "list[int]", "the series' shape (e.g. [32, 32] for a map, [8, 8] for a CLS map on a patch "
+                                       "grid)"),
     Field("status", "str", "vocab.STATUSES: ok, unsupported (reasons), error"),
     Field("reasons", "list[str]", "why there is no value (every reason)"),
     Field("seed", "int", "seed of the random inputs, of the model initialization or of the batch drawn"),
     Field("dtype", "str", "dtype the statistics were computed in (float64)"),
-    Field("device", "str", "cpu or cuda"),
-    Field("git_sha", "str", "commit of the code"),
-)
-NAMES = tuple(f.name for f in FIELDS)
+    *shared("device", "git_sha"),
+), "stats row")
+FIELDS = ROWS.fields
+NAMES = ROWS.names
 
-
-def make_row(**values: Any) -> dict[str, Any]:
-    """A complete statistics row: every field in order, None where not given. Unknown names raise."""
-    return complete_row(NAMES, values, {"row_kind": ROW_KIND, "stats_schema_version": SCHEMA_VERSION}, "stats row")
-
-
-def is_stats_row(row: dict[str, Any]) -> bool:
-    return row.get("row_kind") == ROW_KIND
+make_row = ROWS.make_row  # a complete statistics row: every field in order, None where not given
+is_stats_row = ROWS.is_row

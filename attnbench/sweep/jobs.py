@@ -49,7 +49,8 @@ def set_aside(job_dir: Path, before: dict[str, Any] | None) -> list[dict[str, An
     with none goes), so the rerun's command reads only its own rows."""
     if before is None:
         return []
-    jsonl = Path(job_dir) / "results.jsonl"
+    results.expand(job_dir)  # a compacted job's rows back in results.jsonl, which is rewritten below
+    jsonl = Path(job_dir) / results.ROWS
     rows = results.read_rows(jsonl)
     failures = [r for r in rows if is_sweep_job_row(r)]
     if failures:

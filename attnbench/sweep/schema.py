@@ -9,16 +9,12 @@ attempt's row into ``job.json`` before it runs again, so a job's file holds at m
 """
 from __future__ import annotations
 
-from typing import Any
-
-from attnbench.schema import Field, complete_row
+from attnbench.schema import Field, register_kind, shared
 
 SCHEMA_VERSION = 1
 ROW_KIND = "sweep_job"
 
-FIELDS: tuple[Field, ...] = (
-    Field("row_kind", "str", "'sweep_job'"),
-    Field("sweep_schema_version", "int", "version of this row format"),
+ROWS = register_kind(ROW_KIND, "sweep_schema_version", SCHEMA_VERSION, (
     Field("command", "str", "run | train | stats"),
     Field("job", "int", "the job's number in the sweep (its directory's name)"),
     Field("overrides", "list[str]", "the job's hydra overrides: what it swept (+flag.seed=1, +set.train.lr=0.001)"),
@@ -30,16 +26,10 @@ FIELDS: tuple[Field, ...] = (
     Field("wall_s", "float", "wall time of the job (s)"),
     Field("started_at", "str", "UTC start time"),
     Field("host", "str", "the machine that ran it"),
-    Field("git_sha", "str", "commit of the code"),
-)
-NAMES = tuple(f.name for f in FIELDS)
+    *shared("git_sha"),
+), "sweep_job row")
+FIELDS = ROWS.fields
+NAMES = ROWS.names
 
-
-def make_row(**values: Any) -> dict[str, Any]:
-    """A complete sweep_job row: every field in order, None where not given. Unknown names raise."""
-    return complete_row(NAMES, values, {"row_kind": ROW_KIND, "sweep_schema_version": SCHEMA_VERSION},
-                        "sweep_job row")
-
-
-def is_sweep_job_row(row: dict[str, Any]) -> bool:
-    return row.get("row_kind") == ROW_KIND
+make_row = ROWS.make_row  # a complete sweep_job row: every field in order, None where not given
+is_sweep_job_row = ROWS.is_row

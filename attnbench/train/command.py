@@ -23,6 +23,7 @@ from rich.console import Console
 
 from attnbench.catalog import all_specs, load_plugin, select
 from attnbench.registry import lookup
+from attnbench.results import rows_file
 from attnbench.train import runner, tasks
 
 
@@ -150,7 +151,7 @@ def cmd_train(args) -> int:
     check_model_choices(configs)
     plans = plan_jobs(settings, configs)
     out = Path(settings["out"])
-    if not args.resume and (out / "results.jsonl").exists():
+    if not args.resume and rows_file(out).exists():
         raise TrainUsageError(f"--out {out} holds a run already: continue it with --resume, or choose another --out")
     data = {}
     for t, c in configs.items():

@@ -31,7 +31,7 @@ from attnbench.data.base import DataError, TaskData
 from attnbench.harness.isolate import PACKAGE_ROOT
 from attnbench.params import format_params, non_default
 from attnbench.registry import VariantSpec
-from attnbench.results import ResultsWriter, read_rows
+from attnbench.results import ResultsWriter, read_rows, rows_file
 from attnbench.train import schema
 
 POLL_S = 0.25
@@ -100,8 +100,7 @@ def store_data(data: TaskData, config: dict[str, Any], out_dir: Path) -> Path:
 
 
 def done_keys(out_dir: Path) -> set[tuple]:
-    p = out_dir / "results.jsonl"
-    return {schema.job_key(r) for r in read_rows(p) if schema.is_train_row(r)} if p.is_file() else set()
+    return {schema.job_key(r) for r in read_rows(rows_file(out_dir)) if schema.is_train_row(r)}
 
 
 class JobProcess:

@@ -11,26 +11,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from attnbench.schema import Field, complete_row
+from attnbench.schema import Field, register_kind, shared
 
 SCHEMA_VERSION = 2  # 2: arch (rows of version 1 are all encoder rows)
 ROW_KIND = "train"
 
-FIELDS: tuple[Field, ...] = (
-    Field("row_kind", "str", "'train' (kernel rows have no such field)"),
-    Field("train_schema_version", "int", "version of this row format"),
+ROWS = register_kind(ROW_KIND, "train_schema_version", SCHEMA_VERSION, (
     Field("job", "str", "the job's id: task-size-variant[params]-seed"),
     Field("task", "str", "task name (tasks/<task>.yaml)"),
-    Field("task_version", "int", "the task's version: results of different versions are not comparable"),
+    *shared("task_version"),
     Field("size", "str", "small | paper"),
     Field("arch", "str", "the skeleton (config model.arch): encoder (LRA's), vit, swin, pvt"),
     Field("data_name", "str", "what the data is, named honestly (a generator, a bundled set, release files)"),
-    Field("variant", "str", "pattern@kernel the model's attention ran"),
-    Field("pattern", "str", "what is attended to"),
-    Field("kernel", "str", "how"),
-    Field("family", "str", "vocab.FAMILIES"),
-    Field("params", "json", "the variant's parameters as the kernel received them"),
-    Field("param_label", "str", "the non-default parameters, 'k=v,...'"),
+    *shared("variant", "pattern", "kernel", "family", "params", "param_label"),
     Field("seed", "int", "training seed (initialization, batch order, dropout); the data's own seed is in config"),
     Field("status", "str", "vocab.STATUSES: ok, diverged, oom, timeout, crash, error, unsupported, ..."),
     Field("reasons", "list[str]", "why a job is not ok (every reason), or notes"),
@@ -47,7 +40,7 @@ FIELDS: tuple[Field, ...] = (
     Field("steps_per_s", "float", "optimizer steps per second of training (evaluation excluded)"),
     Field("tokens_per_s", "float", "training tokens per second (batch x sequence length x steps / time; vision archs: patch tokens of the first stage)"),
     Field("peak_mem_bytes", "int", "peak resident memory of the job's process (CPU) or max allocated (CUDA)"),
-    Field("n_params", "int", "trainable parameters of the model"),
+    *shared("n_params"),
     Field("full_params", "int", "parameters of the same skeleton with full attention"),
     Field("param_deviation", "float", "n_params / full_params - 1 (fairness: within 10%)"),
     Field("own_params", "int", "parameters the variant brings itself (XL's u, v, W_r)"),
@@ -55,20 +48,19 @@ FIELDS: tuple[Field, ...] = (
                            "(whose last step is included), val metric], ...]"),
     Field("resumed", "int", "how many times the job resumed from a checkpoint"),
     Field("wall_s", "float", "wall time of the job (all attempts)"),
-    Field("device", "str", "cpu or cuda"),
+    *shared("device"),
     Field("threads", "int", "CPU threads of the job"),
     Field("config", "json", "the resolved task config the job ran (data, model, train)"),
     Field("config_hash", "str", "sha256 of that config (first 12 hex digits)"),
-    Field("git_sha", "str", "commit of the code"),
-)
-NAMES = tuple(f.name for f in FIELDS)
+    *shared("git_sha"),
+), "training row")
+FIELDS = ROWS.fields
+NAMES = ROWS.names
 KEY_FIELDS = ("task", "size", "arch", "variant", "params", "seed")
 DEFAULT_ARCH = "encoder"  # what a row without arch (version 1) trained
 
-
-def make_row(**values: Any) -> dict[str, Any]:
-    """A complete training row: every field in order, None where not given. Unknown names raise."""
-    return complete_row(NAMES, values, {"row_kind": ROW_KIND, "train_schema_version": SCHEMA_VERSION}, "training row")
+make_row = ROWS.make_row  # a complete training row: every field in order, None where not given
+is_train_row = ROWS.is_row
 
 
 def job_key(row: dict[str, Any]) -> tuple:
@@ -80,6 +72,3 @@ def job_key(row: dict[str, Any]) -> tuple:
 
     return tuple(value(f) for f in KEY_FIELDS)
 
-
-def is_train_row(row: dict[str, Any]) -> bool:
-    return row.get("row_kind") == ROW_KIND
