@@ -32,7 +32,7 @@ forward, the mode naming the task (``text/paper train step``;
   ``failing``, both not run ``n/a``. Cases only in NEW are ``new``, only in BASE ``gone``.
 
 Before the table, :func:`environment_notes` says plainly where the two runs differ in what
-sets a timing: machine (CPU or GPU model), threads per worker, torch version, a GEMM peak
+sets a timing: machine (CPU or GPU model), threads per worker, torch version, allocator, a GEMM peak
 apart by more than ``GEMM_DRIFT``, or a disturbed GEMM probe or disturbed cases on a side.
 
 Exit status of :func:`main`: 1 if any case regressed beyond the threshold or broke, else 0;
@@ -375,6 +375,8 @@ def _env_value(info: dict, key: str):
         return info.get("device_name") or info.get("cpu_model")
     if key == "threads":
         return info.get("torch_threads") or (info.get("config") or {}).get("resolved", {}).get("threads")
+    if key == "allocator":  # runs before --allocator ran under the default one
+        return info.get("allocator") or ("default" if info else None)
     return info.get(key)
 
 
@@ -398,7 +400,7 @@ def environment_notes(base_info: dict, new_info: dict, base_rows: list[dict], ne
     """Plain lines on what differs between the runs' measuring conditions (empty: nothing known)."""
     notes = []
     for key, what in (("machine", "machines"), ("threads", "threads per worker"),
-                      ("torch_version", "torch versions")):
+                      ("torch_version", "torch versions"), ("allocator", "allocators (--allocator)")):
         b, n = _env_value(base_info, key), _env_value(new_info, key)
         if b is not None and n is not None and b != n:
             notes.append(f"different {what}: BASE {b}, NEW {n} — ratios measure that difference too")

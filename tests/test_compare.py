@@ -365,3 +365,6 @@ def test_environment_notes_say_what_differs():
     assert same == []
     old = compare.environment_notes({}, {}, synth_run(1), base)
     assert old == ["BASE predates disturbance detection (schema < 3): a loaded machine there is not flagged"]
+    cached = compare.environment_notes(base_info, {**base_info, "allocator": "mimalloc"}, base, base)
+    assert cached == ["different allocators (--allocator): BASE default, NEW mimalloc — ratios measure that "
+                      "difference too"]  # a run from before the option ran under the default allocator

@@ -366,3 +366,14 @@ def test_baseline_failure_and_kv_head_labels(tmp_path):
     assert c.loc["win@fast", "verdict"] == "crossover" and c.loc["win@fast", "first_faster_n"] == 2048
     t = (out / "tables" / "time_fwd_float32_cpu.md").read_text()
     assert "| gqa@sdpa | kv_share | 8 |" in t and "| gqa@sdpa [kv=2] | kv_share | 2 |" in t
+
+
+def test_inputs_name_the_allocator_and_its_environment(tmp_path):
+    d = write_run(tmp_path / "run-m", synthetic_rows())
+    info = json.loads((d / "run.json").read_text())
+    info.update(allocator="mimalloc", allocator_env={"MIMALLOC_PURGE_DELAY": "60000"})
+    (d / "run.json").write_text(json.dumps(info))
+    B.build_report([d], tmp_path / "rep", "full@sdpa", figures=False)
+    text = (tmp_path / "rep" / "README.md").read_text()
+    assert "Allocator (`--allocator`, attnbench/harness/allocator.py): " in text and ": mimalloc." in text
+    assert "`MIMALLOC_PURGE_DELAY=60000`" in text

@@ -724,7 +724,13 @@ def _readme_inputs(loaded: Loaded) -> list[str]:
         lines.append(f"| `{r.path}` | {_machine(r) or 'unknown device'} | {started} | {r.rows} | "
                      f"{', '.join(map(str, r.schema_versions)) or '?'} | {_threads(r) or '?'} | {sha} | "
                      f"{i.get('torch_version') or '?'} | {T.fmt_num(peak) if peak else '?'} |")
-    envs = [(r.path, r.info.get("env_vars")) for r in sorted(loaded.runs, key=lambda r: r.path) if r.info.get("env_vars")]
+    envs = [(r.path, {**(r.info.get("env_vars") or {}), **(r.info.get("allocator_env") or {})})
+            for r in sorted(loaded.runs, key=lambda r: r.path)]
+    envs = [(path, ev) for path, ev in envs if ev]
+    allocs = sorted({(r.path, r.info.get("allocator")) for r in loaded.runs if r.info.get("allocator") not in (None, "default")})
+    if allocs:  # a run option (--allocator): the CPU allocator the workers ran under
+        lines += ["", "Allocator (`--allocator`, attnbench/harness/allocator.py): "
+                  + ", ".join(f"`{path}`: {name}" for path, name in allocs) + "."]
     if envs:  # allocator / threading settings change CPU timings: say so next to the numbers
         lines += ["", "Environment variables set for the workers (they change CPU timings):", ""]
         lines += [f"- `{path}`: " + ", ".join(f"`{k}={v}`" for k, v in sorted(ev.items())) for path, ev in envs]
