@@ -2,10 +2,10 @@
 definition (outputs and gradients, autograd path and the tiled inference path), the exact
 shared-QK attention it approximates, causality, seeds, odd sizes and bad parameters.
 
-``check_case`` runs the kernel with autograd on (one batched pass over all blocks); the
-harness times it under ``torch.inference_mode`` (tiles of blocks through preallocated
-buffers): both are checked, the second with a tile size small enough to cut the blocks at
-every kind of boundary.
+``check_case`` runs the kernel with autograd on (one batched pass per round); the harness
+times it under ``torch.inference_mode`` (groups of heads, round by round, tiles of blocks
+through preallocated buffers, rounds folded into the output): both are checked, the second
+with tiles and hashing chunks small enough to cut at every kind of boundary.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import attnbench.variants.lsh as L  # registers lsh@shared_qk
 from attnbench.approx import rel_errors
@@ -67,20 +68,73 @@ def test_kernel_equals_its_dense_definition(n, params, causal, dtype):
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("n,params", CASES, ids=[f"n{n}-{i}" for i, (n, _) in enumerate(CASES)])
 def test_inference_tiles_equal_definition(n, params, causal, monkeypatch):
-    """The tiled no-grad path, with tiles of 1 block and of 3 blocks (not a multiple of the
-    chunks per round), equals the definition and the autograd path."""
+    """The tiled no-grad path equals the definition and the autograd path, with tiles of 1
+    block, of 3 blocks (not a multiple of the chunks per round), of one round of one head, of
+    two heads' rounds (8 heads: groups of 2 and, with 3, a short last group) and of all heads
+    (one group: a tile spans heads), and hashing in chunks of one row and of 7 rows."""
     q, k, v = _qkv(n, hkv=2)
     ref = L.lsh_shared_qk_reference(q, k, v, causal=causal, **params)
     whole = L.lsh_shared_qk(q.requires_grad_(), k, v, causal=causal, **params).out.detach()
     assert (whole - ref).abs().max().item() < 1e-12
     q = q.detach()
-    c = L.geometry(n, params["bucket_size"], params.get("n_buckets"))[0]
+    c, _, nc, nb = L.geometry(n, params["bucket_size"], params.get("n_buckets"))
     block = 8 * (7 * c * 16 + 2 * c * c) + 3 * c * c  # one block's working set (fp64, D = 16)
-    for blocks in (1, 3, 1000):
+    row = 8 * params["n_hashes"] * (nb // 2)  # one row's projections and magnitudes (fp32)
+    for blocks, hash_rows in ((1, 1), (3, 7), (nc, 1), (2 * nc, 7), (3 * nc, 1000), (1000, 1000)):
         monkeypatch.setattr(L, "TILE_BYTES", blocks * block)
-        with torch.inference_mode():
-            out = L.lsh_shared_qk(q, k, v, causal=causal, **params).out
-        assert (out - ref).abs().max().item() < 1e-12, blocks
+        monkeypatch.setattr(L, "HASH_BYTES", hash_rows * row)
+        for mode in (torch.inference_mode, torch.no_grad):
+            with mode():
+                out = L.lsh_shared_qk(q, k, v, causal=causal, **params).out
+            assert (out - ref).abs().max().item() < 1e-12, (blocks, mode)
+            assert (out - whole).abs().max().item() < 1e-12, (blocks, mode)
+
+
+def test_hashing_chunks_equal_one_chunk(monkeypatch):
+    """Buckets hashed in chunks of rows (1, 7: a non-divisor, all) are the same buckets."""
+    q, _, _ = _qkv(100)
+    one = L.lsh_buckets(q, 3, 14, 5)
+    for rows in (1, 7):
+        monkeypatch.setattr(L, "HASH_BYTES", rows * 8 * 3 * 7)
+        assert torch.equal(L.lsh_buckets(q, 3, 14, 5), one), rows
+
+
+class _Storages(TorchDispatchMode):
+    """Records the storage (bytes, floating point) of every tensor an aten op produces, once
+    per storage (a view is no allocation)."""
+
+    def __init__(self):
+        super().__init__()
+        self.storages = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                st = t.untyped_storage()
+                self.storages[st.data_ptr()] = (st.nbytes(), t.is_floating_point())
+        return out
+
+
+def test_inference_allocates_nothing_of_the_outputs_size_but_the_output(monkeypatch):
+    """Without autograd the output is the one float tensor that grows with B H N: no sorted
+    copy of every round, no unit keys of every token, no projections of every token (these
+    were fresh allocations above glibc's mmap threshold at N = 16384, page-faulted per call).
+    The rest: one head's round of outputs and its token-order copy, a tile, a hashing chunk,
+    and int64 maps of one int per slot."""
+    n, d, params = 512, 16, dict(bucket_size=16, n_hashes=4)
+    q, k, v = (t.float() for t in _qkv(n, heads=4, hkv=4, batch=2, d=d))
+    c, n_pad, nc, nb = L.geometry(n, params["bucket_size"], None)
+    monkeypatch.setattr(L, "TILE_BYTES", 4 * (4 * (7 * c * d + 2 * c * c) + 3 * c * c))  # tiles of 4 blocks
+    monkeypatch.setattr(L, "HASH_BYTES", 64 * 8 * params["n_hashes"] * (nb // 2))  # chunks of 64 rows
+    with torch.inference_mode(), _Storages() as rec:
+        out = L.lsh_shared_qk(q, k, v, **params).out
+    made = [rec.storages[p] for p in set(rec.storages) - {t.untyped_storage().data_ptr() for t in (q, k, v)}]
+    floats = sorted(b for b, fp in made if fp)
+    assert floats[-1] == out.numel() * 4 == 2 * 4 * n * d * 4
+    assert floats[-2] <= 4 * n_pad * d <= floats[-1] // 8, floats[-4:]  # one head's round
+    ints = max(b for b, fp in made if not fp)
+    assert ints <= 8 * 2 * 4 * params["n_hashes"] * n_pad  # buckets, order, rank: one int64 per slot
 
 
 def test_reference_rows_are_its_full_rows():
@@ -229,7 +283,9 @@ def test_harness_modes_and_cost_model():
     r = SPEC.flops(big) / SPEC.flops(small)
     assert 2.0 <= r < 2.3, r
     assert 4 * 8 * 4096 * 128 * 64 * 4 < SPEC.flops(small) < 1.2 * 4 * 8 * 4096 * 128 * 64 * 4
-    assert 1.9 < SPEC.predicted_peak_bytes(big) / SPEC.predicted_peak_bytes(small) < 2.2
+    huge = replace(big, seq_len=16384, kv_len=16384)
+    grows = [SPEC.predicted_peak_bytes(b) - SPEC.predicted_peak_bytes(a) for a, b in ((small, big), (big, huge))]
+    assert 1.9 < grows[1] / grows[0] < 2.2, grows  # linear in N above one tile and one hashing chunk
 
 
 def test_rel_errors_against_shared_qk_target():

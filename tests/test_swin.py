@@ -16,6 +16,9 @@ Three layers of evidence:
    the official code is used unchanged.
 3. Degenerate geometry: one window covering the grid, no shift = full attention plus the bias
    (plain full attention when the bias is zero).
+
+``check_case`` runs swin@blocked with autograd (every window at once); without autograd it runs
+chunks of windows per head, checked against both at every kind of chunk boundary.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from attnbench.harness.inputs import make_inputs
 from attnbench.patterns import dense_mask, get_pattern, pattern_flops
 from attnbench import Shape, Unsupported, get, names
 from attnbench.patterns.swin import bias_table, bias_table_init, swin_geometry
+import attnbench.variants.swin as swin_kernel
 
 HEADS = 8
 KV_HEADS = (HEADS, HEADS // 4, 1)
@@ -185,6 +189,71 @@ def test_blocked_large_grid_matches_sampled_rows():
         out = spec(q, k, v, **params).out
     chk = check_rows(spec, shape, q, k, v, out, n_rows=32, params={**spec.defaults, **params})
     assert chk["ok"] and chk["rows_checked"] == 32, chk
+
+
+# Inference path: windows in chunks per head (shifted, padded, GQA; one window, a non-divisor, all).
+CHUNKED = [((8, 8), 4, True), ((9, 11), 4, True), ((6, 10), 3, False), ((14, 14), 7, True), ((1, 7), 8, True)]
+
+
+@pytest.mark.parametrize("windows", [1, 3, None], ids=["1win", "3win", "all"])
+@pytest.mark.parametrize("hkv", [HEADS, 2], ids=["mha", "gqa"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("grid, win, shift", CHUNKED, ids=[f"{g[0]}x{g[1]}-M{m}-{'shift' if s else 'noshift'}"
+                                                           for g, m, s in CHUNKED])
+def test_blocked_inference_chunks_equal_autograd_path_and_reference(grid, win, shift, dtype, hkv, windows,
+                                                                     monkeypatch):
+    """Without autograd, swin@blocked runs chunks of windows per head into one head's slots;
+    with it, every window at once. Both equal each other and the pattern's definition on every
+    row: chunks of one window, of 3 (not a divisor of the window count: a short last chunk)
+    and of all, with shifted windows (all four mask patterns), padding on both sides, a 1 x n
+    grid (windows of one token), GQA, fp32 and fp64."""
+    shape = _shape(grid, hkv, dtype)
+    n, spec, params = shape.seq_len, get("swin@blocked"), _params(grid, win, shift)
+    q, k, v = make_inputs(shape, requires_grad=True)
+    whole = spec(q, k, v, **params).out.detach()
+    t = swin_geometry(n, params)["win"] ** 2
+    if windows:
+        monkeypatch.setattr(swin_kernel, "CHUNK_BYTES", windows * q.element_size() * t * (4 * shape.head_dim + t))
+    tol = 1e-12 if dtype == "float64" else 2e-6
+    for mode in (torch.inference_mode, torch.no_grad):
+        with mode():
+            out = spec(q.detach(), k.detach(), v.detach(), **params).out
+        assert (out - whole).abs().max().item() < tol, mode
+    chk = check_rows(spec, shape, q, k, v, out, n_rows=n, params={**spec.defaults, **params})
+    assert chk["ok"] and chk["rows_checked"] == n, chk
+
+
+class _Storages(TorchDispatchMode):
+    """Records the storage (bytes) of every tensor an aten op produces, once per storage."""
+
+    def __init__(self):
+        super().__init__()
+        self.storages = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return out
+
+
+def test_blocked_inference_allocates_one_head_at_a_time(monkeypatch):
+    """Without autograd nothing the size of q, k or v is allocated but the output: q, k and v
+    are gathered one chunk of windows of one head at a time, and the slots hold one head
+    (at n = 16384 the whole-sequence gathers were 3 x 32 MiB plus [nW, H, M^2, M^2] scores,
+    fresh allocations above glibc's mmap threshold, page-faulted on every call)."""
+    grid, win, heads = (24, 40), 4, 8
+    n = grid[0] * grid[1]
+    shape = Shape(batch=1, heads=heads, kv_heads=heads, seq_len=n, kv_len=n, head_dim=16)
+    q, k, v = make_inputs(shape)
+    t = win * win
+    monkeypatch.setattr(swin_kernel, "CHUNK_BYTES", 5 * 4 * t * (4 * 16 + t))  # chunks of 5 windows
+    with torch.inference_mode(), _Storages() as rec:
+        out = get("swin@blocked")(q, k, v, **_params(grid, win, True)).out
+    made = sorted(b for p, b in rec.storages.items() if p not in {x.untyped_storage().data_ptr() for x in (q, k, v)})
+    assert made[-1] == out.numel() * 4
+    assert made[-2] <= n * 16 * 4 == made[-1] // heads, made[-4:]  # one head's slots
 
 
 # --------------------------------------------------------------------------- 2. first principles

@@ -62,6 +62,26 @@ from attnbench.tolerance import Tolerance
 SELF_SCORE = -5e4  # score of a token against itself (reformer-pytorch's TOKEN_SELF_ATTN_VALUE)
 PAPER = "Kitaev, Kaiser, Levskaya 2020, Reformer: The Efficient Transformer"
 DEFAULTS = {"bucket_size": 64, "n_hashes": 4, "seed": 0, "n_buckets": None}
+# Without autograd, hashing and blocks run in tiles through buffers allocated once per call: a
+# fresh CPU allocation above glibc's 32 MiB mmap threshold page-faults on every call (~2 us per
+# 4 KiB here), which made the time superlinear in N (exponent 1.42 over N = 2048..16384).
+TILE_BYTES = 8 << 20  # blocks' working set per tile: few enough tiles that per-op costs stay small
+HASH_BYTES = 2 << 20  # hashing's projections per chunk of rows (1..2 MiB fastest on a 2-core EPYC)
+CUDA_TILE_BYTES = 256 << 20  # on a GPU a tile only bounds memory: few, large launches
+
+
+def _tile_bytes(device, cpu_bytes: int | None = None) -> int:
+    cpu = torch.device(device).type == "cpu"
+    return (TILE_BYTES if cpu_bytes is None else cpu_bytes) if cpu else CUDA_TILE_BYTES
+
+
+def _tiling(bh: int, nc: int, c: int, d: int, e: int, device) -> tuple[int, int]:
+    """(blocks per tile, heads per group) without autograd: a tile's working set (gathered
+    queries, keys, values, outputs, scores, masks: ~e (7 c D + 2 c^2) + 3 c^2 bytes a block)
+    within the tile bytes; a group: the heads whose round fills about one tile."""
+    tb = max(1, _tile_bytes(device) // (e * (7 * c * d + 2 * c * c) + 3 * c * c))
+    gh = max(1, min(bh, tb // nc))
+    return min(tb, gh * nc), gh
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,14 +113,15 @@ def geometry(n: int, bucket_size: int, n_buckets: int | None) -> tuple[int, int,
 
 @functools.lru_cache(maxsize=32)
 def _rotations(seed: int, n_hashes: int, d: int, half: int, device: str) -> torch.Tensor:
-    """[n_hashes, D, n_buckets / 2] float32 N(0, 1), drawn on the CPU from ``seed`` (so every
+    """[D, n_hashes n_buckets / 2] float32 N(0, 1), drawn on the CPU from ``seed`` (so every
     device gets the same numbers), built outside inference mode so autograd calls may reuse it.
     Drawn in reformer-pytorch's layout [D, n_hashes, n_buckets / 2], so that its LSHAttention
-    after ``torch.manual_seed(seed)`` hashes fp32 CPU inputs exactly as we do."""
+    after ``torch.manual_seed(seed)`` hashes fp32 CPU inputs exactly as we do; columns
+    r half .. (r + 1) half are round r's rotation (all rounds in one matmul)."""
     with torch.inference_mode(False):
         g = torch.Generator(device="cpu").manual_seed(int(seed))
         rot = torch.randn(d, n_hashes, half, generator=g, dtype=torch.float32)
-        return rot.permute(1, 0, 2).contiguous().to(device)
+        return rot.reshape(d, n_hashes * half).to(device)
 
 
 def lsh_buckets(q: torch.Tensor, n_hashes: int, n_buckets: int, seed: int) -> torch.Tensor:
@@ -108,27 +129,43 @@ def lsh_buckets(q: torch.Tensor, n_hashes: int, n_buckets: int, seed: int) -> to
 
     bucket = argmax([x R ; -x R]) without forming the concatenation: j = argmax |x R_j|, plus
     n_buckets / 2 if x R_j < 0 (exact ties, of probability zero, go to the lower j). Computed in
-    float32 from q rounded to float32, one round at a time ([B, H, N, n_buckets / 2] live).
+    float32 from q rounded to float32, all rounds in one 2-D matmul per chunk of rows, chunks of
+    HASH_BYTES of projections and their magnitudes (those of all tokens, [B H N, n_hashes
+    n_buckets / 2], would be fresh 64 MiB allocations at N = 16384, page-faulted per call).
     """
     b, h, n, d = q.shape
     half = n_buckets // 2
-    rot = _rotations(int(seed), int(n_hashes), d, half, str(q.device))
-    out = torch.empty(b, h, n_hashes, n, dtype=torch.long, device=q.device)
+    rot = _rotations(int(seed), int(n_hashes), d, half, str(q.device))  # [D, R half]
+    x = q.detach().reshape(b * h * n, d)  # [B H N, D]
+    out = torch.empty(b * h * n, n_hashes, dtype=torch.long, device=q.device)  # [B H N, R]
+    rows = max(1, min(x.shape[0], _tile_bytes(q.device, HASH_BYTES) // (8 * rot.shape[1])))
+    xr_buf = torch.empty(rows, rot.shape[1], device=q.device)  # [S, R half] projections
+    abs_buf = torch.empty_like(xr_buf)
     with torch.no_grad():
-        x = q.detach().float().reshape(b * h * n, d)
-        for r in range(n_hashes):
-            xr = x.mm(rot[r])  # 2-D mm: ~4x faster than a broadcast matmul on CPU
-            j = xr.abs().argmax(-1, keepdim=True)  # the largest |x R_j|: +j or -j wins
-            neg = xr.gather(-1, j) < 0
-            out[:, :, r] = (j + neg * half).view(b, h, n)
-    return out
+        for r0 in range(0, x.shape[0], rows):  # chunks of rows (not a loop over tokens)
+            xs = x[r0:r0 + rows].float()  # [S, D]
+            s = xs.shape[0]
+            # 2-D mm of all rounds at once: ~4x faster than a broadcast matmul on CPU
+            xr = torch.mm(xs, rot, out=xr_buf[:s]).view(s, n_hashes, half)  # [S, R, half]
+            mag = torch.abs(xr, out=abs_buf[:s].view(s, n_hashes, half))  # [S, R, half] |x R_j|
+            # a non-negative float's bits order as int32 (NaN still wins): the same argmax, 2.4x
+            # faster on CPU than a float argmax (no NaN path)
+            j = mag.view(torch.int32).argmax(-1, keepdim=True)  # [S, R, 1]: the largest |x R_j|
+            neg = xr.gather(-1, j) < 0  # [S, R, 1]: -j won
+            out[r0:r0 + s] = (j + neg * half).squeeze(-1)
+    return out.view(b, h, n, n_hashes).permute(0, 1, 3, 2).contiguous()  # [B, H, R, N]
+
+
+def key_norms(x: torch.Tensor) -> torch.Tensor:
+    """||x|| over the last dim, keepdim, clamped at the dtype's smallest normal number (F.normalize's
+    default 1e-12 is 0 in fp16, making 0 / 0 = NaN for a zero vector such as a pad row, whose NaN
+    would reach the gradients through 0 * NaN)."""
+    return torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
 
 
 def unit_keys(x: torch.Tensor) -> torch.Tensor:
-    """The shared keys x / ||x||. The norm is clamped at the dtype's smallest normal number
-    (F.normalize's default 1e-12 is 0 in fp16, making 0 / 0 = NaN for a zero vector such as a
-    pad row, whose NaN would reach the gradients through 0 * NaN)."""
-    return F.normalize(x, p=2.0, dim=-1, eps=torch.finfo(x.dtype).tiny)
+    """The shared keys x / ||x|| (F.normalize's formula, with :func:`key_norms`)."""
+    return x / key_norms(x)
 
 
 def _padded_buckets(q, n_hashes, nb, seed, n_pad):
@@ -155,24 +192,25 @@ def _heads_v(v: torch.Tensor, h: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# The kernel: sort, chunk, [c, 2c] blocks, unsort, combine rounds.
+# The kernel: hash, sort, chunk, [c, 2c] blocks round by round, rounds combined.
 #
-# The chunks of all (batch, head, round) form X = B H n_hashes n_pad / c independent blocks:
-# block x holds c query slots and reads 2c key slots (its own chunk and the chunk before).
-# Rows are copied with index_select on flattened [rows, D] views (gather with an expanded
-# [.., D] index is ~20x slower on CPU). With autograd all blocks run as one batch (autograd
-# keeps e [X, c, 2c] for the backward: O(n_hashes N c)). Without it, blocks run in tiles of
-# TILE_BYTES of working set through preallocated buffers, so the scores stay in cache and no
-# large temporary is allocated (a fresh large CPU allocation costs a page fault per 4 KiB on
-# first touch): the forward's extra memory is the per-round outputs plus one tile.
+# Round r's chunks of all (batch, head) form B H nc independent blocks (block y is chunk
+# y mod nc of head y // nc): block y holds c query slots and reads 2c key slots (its own chunk
+# and the chunk before). Rows are copied with index_select on flattened [rows, D] views of q and
+# v themselves (gather with an expanded [.., D] index is ~20x slower on CPU; pad slots read a
+# real row, which the masks hide as a key and the way back drops as a query), and keys are
+# normalized after the gather (q / ||q|| for all tokens would be one more full copy). With
+# autograd each round runs as one batch (autograd keeps e [B H nc, c, 2c] per round for the
+# backward: O(n_hashes N c)) and the rounds are combined at the end. Without it, groups of
+# heads run round by round, in tiles of TILE_BYTES of working set through buffers allocated
+# once; each round is gathered back to token order and folded into the output (online softmax
+# over the rounds), so no allocation beyond the output and int64 index maps grows with B H N.
 # ---------------------------------------------------------------------------------------------
-TILE_BYTES = 8 << 20  # working set per tile: ~L3-resident, few enough tiles that per-op costs stay small
-CUDA_TILE_BYTES = 256 << 20  # on a GPU a tile only bounds memory: few, large launches
 
 
 def _blocks(bq, kk, vv, qpos, kpos, causal: bool, n: int, padded: bool, *, x0: int, nc: int,
             grad: bool, out=None, lse_out=None, s_buf=None, m_buf=None):
-    """Attention inside blocks x0 .. x0 + X - 1, batched.
+    """Attention inside blocks x0 .. x0 + X - 1 of one round, batched.
 
     bq [X, c, D] (already scaled by 1/sqrt(D)), kk [X, 2c, D] (unit keys), vv [X, 2c, D];
     qpos [X, c], kpos [X, 2c]: original positions of the slots (pads: >= n). Block x is chunk
@@ -213,103 +251,153 @@ def _blocks(bq, kk, vv, qpos, kpos, causal: bool, n: int, padded: bool, *, x0: i
         ssum = e.sum(dim=-1, keepdim=True)
         o = torch.bmm(e, vv) / ssum
         return o, (m + torch.log(ssum)).squeeze(-1)
-    e = s.sub_(m).exp_()
-    ssum = e.sum(dim=-1, keepdim=True)
-    o = torch.bmm(e, vv) if out is None else torch.bmm(e, vv, out=out)
-    o.div_(ssum)
-    lse = torch.add(m, ssum.log_()).squeeze(-1)
+    # Without autograd: one fused softmax in place; its largest probability is exp(m - lse),
+    # so lse = m - log(max p) (max p >= 1 / 2c: no cancellation; a self-only row gets m exactly).
+    p = torch.softmax(s, dim=-1, out=s)
+    o = torch.bmm(p, vv) if out is None else torch.bmm(p, vv, out=out)
+    lse = torch.sub(m, p.amax(dim=-1, keepdim=True).log_()).squeeze(-1)  # [X, c]
     if lse_out is not None:
         lse_out.copy_(lse)
         lse = lse_out
     return o, lse
 
 
-class _Slots(NamedTuple):
-    """Where each block of the sorted rounds reads from: flat row indices into the padded
-    [B H n_pad, D] queries, keys and values, the positions (for masks) and the way back."""
+class _Round(NamedTuple):
+    """Round r's blocks of some heads (block y: chunk y mod nc of the group's head y // nc) as
+    flat row indices into [B H N, D] queries and [B Hkv N, D] values, and positions for masks."""
 
-    q_rows: torch.Tensor  # [X c] query rows of every block
-    k_rows: torch.Tensor  # [X 2c] key rows (the block and the one before)
-    v_rows: torch.Tensor  # [X 2c] value rows (K/V head of each query head)
-    qpos: torch.Tensor  # [X, c] original positions of the queries
-    kpos: torch.Tensor  # [X, 2c] ... of the keys
-    undo_rows: torch.Tensor  # [B H R N] the block-slot row of each (round, real token)
+    qpos: torch.Tensor  # [Y, c] original position of each query slot (pads: >= N)
+    kpos: torch.Tensor  # [Y, 2c] ... of each key slot: the block's chunk, then the chunk before
+    k_rows: torch.Tensor  # [Y 2c] rows of the keys' tokens (the first c: the block's queries;
+    #                       pads read their head's token N - 1)
+    v_rows: torch.Tensor  # [Y 2c] value rows (K/V head of each query head)
 
 
 @torch.no_grad()
-def _slots(q, G: int, R: int, nb: int, seed: int, c: int, n_pad: int) -> _Slots:
-    """Hash, sort by (bucket, position), cut into chunks of c: the index maps of every block."""
-    B, H, N, _ = q.shape
-    dev, T = q.device, R * (n_pad // c)
-    X = B * H * T
-    buckets = _padded_buckets(q, R, nb, seed, n_pad)  # [B, H, R, n_pad]
-    # stable sort on the bucket = sort by (bucket, position): the token at each sorted slot
-    order = torch.argsort(buckets, dim=-1, stable=True)  # [B, H, R, n_pad]
+def _sorted_order(q, n_hashes: int, nb: int, seed: int, c: int, n_pad: int):
+    """Hash, then sort each round by (bucket, position). Returns order [B H, R, nc, c] (the
+    original position of every slot, in the round's chunks of c; pads sort last) and its
+    inverse rank [B H, R, n_pad] (the slot of every position)."""
+    B, H = q.shape[:2]
+    buckets = _padded_buckets(q, n_hashes, nb, seed, n_pad).view(B * H, n_hashes, n_pad)  # [B H, R, n_pad]
+    order = torch.argsort(buckets, dim=-1, stable=True)  # stable: by (bucket, position)
     del buckets
-    slot = torch.arange(n_pad, device=dev).expand_as(order)  # [B, H, R, n_pad]
-    rank = torch.empty_like(order).scatter_(-1, order, slot)  # [B, H, R, n_pad]: the slot of each token
-    del slot
-    pos = order.view(B, H, T, c)  # original position of each slot; the chunks of all
-    kpos = torch.cat([pos, pos.roll(1, dims=2)], dim=-1)  # [B, H, T, 2c]: rounds form one sequence,
-    # so the chunk before the first of a round is the last of the round before (wrapping)
-    bh = torch.arange(B * H, device=dev).view(B, H, 1, 1)
-    kvh = (torch.arange(B, device=dev).view(B, 1, 1, 1) * (H // G)
-           + torch.arange(H, device=dev).view(1, H, 1, 1) // G)  # [B, H, 1, 1]: K/V head of each head
-    # result row (b, h, r, i) is block slot r n_pad + rank of (b, h)'s sequence
-    undo = (rank[..., :N] + torch.arange(R, device=dev).view(R, 1) * n_pad + bh * (R * n_pad))  # [B, H, R, N]
-    return _Slots((pos + bh * n_pad).view(X * c), (kpos + bh * n_pad).view(X * 2 * c),
-                  (kpos + kvh * n_pad).view(X * 2 * c), pos.view(X, c), kpos.view(X, 2 * c), undo)
+    slot = torch.arange(n_pad, device=q.device).expand_as(order)  # [B H, R, n_pad]
+    rank = torch.empty_like(order).scatter_(-1, order, slot)  # [B H, R, n_pad]
+    return order.view(B * H, n_hashes, n_pad // c, c), rank
 
 
-def _blocks_autograd(qf, kf, vf, sl: _Slots, c: int, causal: bool, N: int, padded: bool, nc: int):
-    """Every block at once, differentiable: ([X, c, D] outputs, [X, c] log-sum-exps)."""
-    X, D = sl.qpos.shape[0], qf.shape[1]
-    bq = qf.index_select(0, sl.q_rows).view(X, c, D) * (1.0 / math.sqrt(D))  # [X, c, D]
-    kk = kf.index_select(0, sl.k_rows).view(X, 2 * c, D)  # [X, 2c, D]
-    vv = vf.index_select(0, sl.v_rows).view(X, 2 * c, D)  # [X, 2c, D]
-    return _blocks(bq, kk, vv, sl.qpos, sl.kpos, causal, N, padded, x0=0, nc=nc, grad=True)
+@torch.no_grad()
+def _round_maps(order: torch.Tensor, r: int, N: int, G: int, h0: int = 0) -> _Round:
+    """The index maps of round r's blocks of heads h0 .. h0 + len(order) - 1 (``order`` holds
+    those heads' rows). The chunks of all rounds form one sequence: the chunk before a round's
+    first is the last of the round before (round 0: of round R - 1)."""
+    nh, R, nc, c = order.shape
+    qpos = order[:, r]  # [nh, nc, c]
+    before = torch.cat([order[:, (r - 1) % R, -1:], order[:, r, :-1]], dim=1)  # [nh, nc, c]
+    kpos = torch.cat([qpos, before], dim=-1)  # [nh, nc, 2c]
+    bh = torch.arange(h0, h0 + nh, device=order.device).view(nh, 1, 1)  # b H + h
+    tok = kpos.clamp_max(N - 1)  # [nh, nc, 2c]: pads read a real token (masked, dropped)
+    k_rows = tok + bh * N  # [nh, nc, 2c]
+    v_rows = k_rows if G == 1 else tok + (bh // G) * N  # b H + h -> b Hkv + h // G
+    return _Round(qpos.reshape(-1, c), kpos.reshape(-1, 2 * c), k_rows.reshape(-1), v_rows.reshape(-1))
 
 
-def _blocks_inference(qf, kf, vf, sl: _Slots, c: int, causal: bool, N: int, padded: bool, nc: int):
-    """Tiles of blocks into buffers allocated once (fresh pages per tile would cost more than
-    the arithmetic on CPU): ([X, c, D] outputs, [X, c] log-sum-exps)."""
-    X, D = sl.qpos.shape[0], qf.shape[1]
-    dev, dt, e = qf.device, qf.dtype, qf.element_size()
-    scale = 1.0 / math.sqrt(D)
-    tile = TILE_BYTES if dev.type == "cpu" else CUDA_TILE_BYTES
-    tb = max(1, min(X, tile // (e * (3 * c * D + 4 * c * D + 2 * c * c) + 3 * c * c)))
-    o = torch.empty(X, c, D, dtype=dt, device=dev)
-    lse = torch.empty(X, c, dtype=dt, device=dev)
-    bq_buf = torch.empty(tb * c, D, dtype=dt, device=dev)
-    kk_buf = torch.empty(tb * 2 * c, D, dtype=dt, device=dev)
-    vv_buf = torch.empty(tb * 2 * c, D, dtype=dt, device=dev)
-    s_buf = torch.empty(tb, c, 2 * c, dtype=dt, device=dev)
-    m_buf = torch.empty(tb, c, 1, dtype=dt, device=dev)
-    for x0 in range(0, X, tb):  # tiles of blocks (not a loop over tokens or buckets)
-        x1 = min(X, x0 + tb)
-        nt = x1 - x0
-        bq = torch.index_select(qf, 0, sl.q_rows[x0 * c:x1 * c], out=bq_buf[:nt * c]).mul_(scale)
-        kk = torch.index_select(kf, 0, sl.k_rows[2 * c * x0:2 * c * x1], out=kk_buf[:2 * c * nt])
-        vv = torch.index_select(vf, 0, sl.v_rows[2 * c * x0:2 * c * x1], out=vv_buf[:2 * c * nt])
-        _blocks(bq.view(nt, c, D), kk.view(nt, 2 * c, D), vv.view(nt, 2 * c, D),  # [nt, c | 2c, D]
-                sl.qpos[x0:x1], sl.kpos[x0:x1], causal, N, padded, x0=x0, nc=nc, grad=False,
-                out=o[x0:x1], lse_out=lse[x0:x1], s_buf=s_buf, m_buf=m_buf)
-    return o, lse
+def _unsort_rows(rank: torch.Tensor, r: int, N: int) -> torch.Tensor:
+    """[nh N] the slot row, in a [nh n_pad] round of these heads, of each real token."""
+    nh, _, n_pad = rank.shape
+    return (rank[:, r, :N] + torch.arange(nh, device=rank.device).view(nh, 1) * n_pad).reshape(-1)
 
 
-def _combine_rounds(o: torch.Tensor, lse: torch.Tensor, undo_rows: torch.Tensor) -> torch.Tensor:
-    """Unsort the log-sum-exps of the real tokens ([B, H, R, N]); each round's weight is its mass
-    among all rounds'; then unsort and add the outputs round by round (no [R, N, D] copy)."""
-    B, H, R, N = undo_rows.shape
-    D = o.shape[-1]
-    lse = lse.view(-1).index_select(0, undo_rows.reshape(-1)).view(B, H, R, N)  # [B, H, R, N]
-    w = torch.softmax(lse, dim=2).unsqueeze(-1)  # [B, H, R, N, 1]
-    o = o.view(-1, D)  # [X c, D]
-    out = None
-    for r in range(R):
-        o_r = o.index_select(0, undo_rows[:, :, r].reshape(-1)).view(B, H, N, D)  # [B, H, N, D]
-        out = o_r * w[:, :, r] if out is None else out.addcmul_(o_r, w[:, :, r])
-    return out.contiguous()
+def _rounds_autograd(qf, vf, norms, order, rank, N: int, G: int, causal: bool, padded: bool):
+    """Each round's blocks at once, differentiable; the rounds combined by their log-sum-exps
+    at the end: out [B H N, D]."""
+    BH, R, nc, c = order.shape
+    D = qf.shape[1]
+    outs, lses = [], []
+    for r in range(R):  # rounds (a handful), not tokens
+        rd = _round_maps(order, r, N, G)
+        Y = rd.qpos.shape[0]
+        kq = qf.index_select(0, rd.k_rows).view(Y, 2 * c, D)  # [Y, 2c, D]: the first c are the queries
+        bq = kq[:, :c] * (1.0 / math.sqrt(D))  # [Y, c, D]
+        kk = kq / norms.index_select(0, rd.k_rows).view(Y, 2 * c, 1)  # [Y, 2c, D] unit keys
+        vv = vf.index_select(0, rd.v_rows).view(Y, 2 * c, D)  # [Y, 2c, D]
+        o, lse = _blocks(bq, kk, vv, rd.qpos, rd.kpos, causal, N, padded, x0=0, nc=nc, grad=True)
+        rows = _unsort_rows(rank, r, N)  # [BH N]
+        outs.append(o.reshape(Y * c, D).index_select(0, rows))  # [BH N, D]
+        lses.append(lse.reshape(Y * c).index_select(0, rows))  # [BH N]
+    w = torch.softmax(torch.stack(lses), dim=0).unsqueeze(-1)  # [R, BH N, 1]
+    return (torch.stack(outs) * w).sum(0)  # [BH N, D]
+
+
+def _fold(out, m, s, o, lo) -> None:
+    """Fold one round's outputs o [S, D] and log-sum-exps lo [S] (token order) into ``out``:
+    the online form of out = sum_r softmax_r(l_r) o_r, keeping per row the largest l so far
+    (``m``) and the rounds' mass relative to it (``s``), so that weights come from differences
+    of log-sum-exps (exact for close ones, as softmax's l - max), never from a rounded log-sum
+    of them (a self-only row has l ~ -5e4, where an fp32 ulp is 4e-3)."""
+    m1 = torch.maximum(m, lo)
+    a = (m - m1).exp_().mul_(s)  # the earlier rounds' mass, relative to m1
+    b = (lo - m1).exp_()  # this round's
+    s.copy_(a.add_(b))
+    out.lerp_(o, (b / s).unsqueeze(-1))  # out (a / s) + o (b / s) in one pass: a / s = 1 - b / s
+    m.copy_(m1)
+
+
+def _rounds_inference(qf, vf, norms, order, rank, N: int, G: int, causal: bool, padded: bool):
+    """Groups of heads, round by round: tiles of blocks through buffers allocated once into the
+    round's slots, then one gather puts them in token order and folds them into the output
+    (a gather is ~4x faster than a scatter on CPU): out [B H N, D]."""
+    BH, R, nc, c = order.shape
+    D, dev, dt = qf.shape[1], qf.device, qf.dtype
+    tb, gh = _tiling(BH, nc, c, D, qf.element_size(), dev)  # blocks per tile, heads per group
+    out = torch.empty(BH * N, D, dtype=dt, device=dev)
+    m, mass = torch.empty(BH * N, dtype=dt, device=dev), torch.ones(BH * N, dtype=dt, device=dev)
+    slots = torch.empty(gh * nc, c, D, dtype=dt, device=dev)  # a group's round of outputs
+    slot_l, tok = torch.empty(gh * nc, c, dtype=dt, device=dev), torch.empty(gh * N, D, dtype=dt, device=dev)
+    bufs = _tile_buffers(tb, c, D, dt, dev)
+    for h0 in range(0, BH, gh):
+        h1 = min(BH, h0 + gh)
+        rows = slice(h0 * N, h1 * N)
+        for r in range(R):
+            rd = _round_maps(order[h0:h1], r, N, G, h0)
+            for y0 in range(0, (h1 - h0) * nc, tb):  # tiles of blocks (not tokens or buckets)
+                y1 = min((h1 - h0) * nc, y0 + tb)
+                _tile(qf, vf, norms, rd, y0, y1, causal, N, padded, nc, bufs, slots[y0:y1], slot_l[y0:y1])
+            back = _unsort_rows(rank[h0:h1], r, N)  # [nh N]
+            if r == 0:
+                torch.index_select(slots.view(-1, D), 0, back, out=out[rows])
+                torch.index_select(slot_l.view(-1), 0, back, out=m[rows])
+            else:
+                o = torch.index_select(slots.view(-1, D), 0, back, out=tok[:(h1 - h0) * N])  # [nh N, D]
+                _fold(out[rows], m[rows], mass[rows], o, slot_l.view(-1).index_select(0, back))
+    return out
+
+
+def _tile_buffers(tb: int, c: int, D: int, dt, dev) -> dict:
+    """Buffers of one tile of tb blocks, allocated once per call."""
+    def empty(*shape):
+        return torch.empty(*shape, dtype=dt, device=dev)
+
+    return {"bq": empty(tb * c, D), "kk": empty(tb * 2 * c, D), "vv": empty(tb * 2 * c, D),
+            "norm": empty(tb * 2 * c, 1), "s": empty(tb, c, 2 * c), "m": empty(tb, c, 1)}
+
+
+def _tile(qf, vf, norms, rd: _Round, y0: int, y1: int, causal: bool, N: int, padded: bool, nc: int,
+          bufs: dict, out, lse_out) -> None:
+    """Blocks y0 .. y1 - 1 of a round: gather queries, unit keys and values into the tile's
+    buffers, attend (:func:`_blocks`), write o [nt, c, D] and lse [nt, c] into out / lse_out."""
+    nt, c, D = y1 - y0, rd.qpos.shape[1], qf.shape[1]
+    ks = slice(2 * c * y0, 2 * c * y1)
+    kk = torch.index_select(qf, 0, rd.k_rows[ks], out=bufs["kk"][:2 * c * nt])  # [nt 2c, D]
+    # a block's queries are the first half of its key rows: a copy, not another gather
+    bq = bufs["bq"][:nt * c].view(nt, c, D)  # [nt, c, D]
+    torch.mul(kk.view(nt, 2 * c, D)[:, :c], 1.0 / math.sqrt(D), out=bq)
+    kk.div_(torch.index_select(norms, 0, rd.k_rows[ks], out=bufs["norm"][:2 * c * nt]))  # unit keys
+    vv = torch.index_select(vf, 0, rd.v_rows[ks], out=bufs["vv"][:2 * c * nt])  # [nt 2c, D]
+    _blocks(bq, kk.view(nt, 2 * c, D), vv.view(nt, 2 * c, D), rd.qpos[y0:y1],
+            rd.kpos[y0:y1], causal, N, padded, x0=y0, nc=nc, grad=False, out=out, lse_out=lse_out,
+            s_buf=bufs["s"], m_buf=bufs["m"])
 
 
 def lsh_shared_qk(q, k, v, *, causal=False, state=None, need_weights=False,
@@ -320,23 +408,20 @@ def lsh_shared_qk(q, k, v, *, causal=False, state=None, need_weights=False,
 
     q [B, H, N, D], v [B, Hkv, N, D] -> out [B, H, N, D]. Time O(n_hashes N (2c + n_buckets) D)
     plus an O(n_hashes N log N) sort; memory O(n_hashes N c) for the [c, 2c] score blocks
-    under autograd, O(n_hashes N D) without. Backward through autograd.
+    under autograd; without it, the output, int64 index maps (O(n_hashes N)), one tile and
+    one group of heads' round of outputs. Backward through autograd.
     """
     _validate(q, k, v, bucket_size, n_hashes, n_buckets, seed)
     B, H, N, D = q.shape
     if N == 0 or B * H == 0:
         return AttnOutput(out=torch.zeros_like(q))
     c, n_pad, nc, nb = geometry(N, bucket_size, n_buckets)
-    sl = _slots(q, H // v.shape[1], n_hashes, nb, seed, c, n_pad)
-    padded = n_pad > N
-    pad = (0, 0, 0, n_pad - N)
-    qf = (F.pad(q, pad) if padded else q).reshape(-1, D)  # [B H n_pad, D]
-    vf = (F.pad(v, pad) if padded else v).reshape(-1, D)  # [B Hkv n_pad, D]
-    kf = unit_keys(qf)  # the shared keys, once per token (not per round)
+    order, rank = _sorted_order(q, n_hashes, nb, seed, c, n_pad)  # [B H, R, nc, c], [B H, R, n_pad]
+    qf, vf = q.reshape(-1, D), v.reshape(-1, D)  # [B H N, D], [B Hkv N, D]
+    norms = key_norms(qf)  # [B H N, 1]: keys are qf / norms, formed per gathered block
     grad = torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)
-    run = _blocks_autograd if grad else _blocks_inference
-    o, lse = run(qf, kf, vf, sl, c, causal, N, padded, nc)
-    out = _combine_rounds(o, lse, sl.undo_rows)
+    run = _rounds_autograd if grad else _rounds_inference
+    out = run(qf, vf, norms, order, rank, N, H // v.shape[1], causal, n_pad > N).view(B, H, N, D)  # [B, H, N, D]
     if torch.is_grad_enabled() and isinstance(k, torch.Tensor) and k.requires_grad:
         # k is ignored; an empty slice puts it in the graph so that autograd.grad(out, (q, k,
         # v)) gives dk = 0 instead of raising (the harness asks for all three)
@@ -470,21 +555,22 @@ def lsh_flops(shape: Shape, params) -> float:
 
 
 def lsh_memory(shape: Shape, params) -> float:
-    """Predicted peak bytes above the inputs. Forward (no autograd): the sorted per-round
-    outputs (R n_pad D), the output and one unsorted round (2 N D), padded q, keys and v
-    (3 n_pad D), int64 slot indices (~12 R n_pad) and one tile of blocks. With autograd, also
-    the sorted queries, keys and values (5 R n_pad D), the scores and exponentials
-    (2 x R n_pad 2c) and the bool causal mask, and the backward makes about as much again."""
+    """Predicted peak bytes above the inputs. Both paths: buckets, the sort's order, its
+    inverse and the sort's own copy (4 int64 per round and padded token). Without autograd:
+    the output and three per-token scalars (running max, mass, key norm), one group of heads'
+    round of outputs and its token-order copy, one tile of blocks and one chunk of hashing.
+    With autograd, per round: the gathered queries, keys (raw and unit), values and outputs
+    (8 n_pad D), the scores and exponentials (4 n_pad c); the rounds' outputs in token order,
+    stacked and weighted ((2R + 1) N D). The backward reuses about as much."""
     r, c, n_pad, nb = _geo(shape, params)
-    e, bh, d = shape.element_size, shape.batch * shape.heads, shape.head_dim
-    blocks = r * n_pad * 2 * c  # scores per (batch, head)
-    total = bh * (e * (r * n_pad * d + 2 * shape.seq_len * d + 3 * n_pad * d + 2 * r * n_pad)
-                  + 8 * 12 * r * n_pad)
-    total += TILE_BYTES if shape.device == "cpu" else CUDA_TILE_BYTES
+    e, bh, d, n = shape.element_size, shape.batch * shape.heads, shape.head_dim, shape.seq_len
+    index = 8 * 4 * bh * r * n_pad
     if shape.needs_grad:
-        total += bh * (e * (5 * r * n_pad * d + 2 * blocks) + (blocks if shape.causal else 0))
-        total *= 2
-    return float(total)
+        return float(index + e * bh * (r * (8 * n_pad * d + 4 * n_pad * c) + (2 * r + 1) * n * d))
+    tb, gh = _tiling(bh, n_pad // c, c, d, e, shape.device)
+    tile = tb * e * (5 * c * d + 2 * c * c + 3 * c)
+    hashing = _tile_bytes(shape.device, HASH_BYTES)
+    return float(index + e * bh * n * (d + 3) + e * gh * (n_pad * (d + 1) + n * d) + tile + hashing)
 
 
 def _n_buckets(x):
