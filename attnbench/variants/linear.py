@@ -512,7 +512,7 @@ def _features(x):
 _COMMON = dict(family="linear", exact=False, causal=True, cross=True, kv_heads=True)
 
 PERFORMER = add(VariantSpec(
-    name="performer@favor", forward=performer_favor, time="O(n r d)", memory="O(n r)",
+    name="performer@favor", forward=performer_favor, time="O(n r d)", memory="O(n d)",
     params={"nb_features": P.integer(DEFAULT_FEATURES, minimum=1, doc="random features r"),
             "seed": P.integer(0, minimum=0, doc="seed of the random features"),
             "orthogonal": P.boolean(True, doc="orthogonal random features (FAVOR+) rather than i.i.d."),
