@@ -14,6 +14,7 @@ shape fields and params; a variant the registry does not know (a plugin not load
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from attnbench.report.noise import finite, is_noisy
 from attnbench.report.tables import Table, csv_frame, fmt_num
 
 PALETTE = "tab10"
+MARKERS = "os^vDP"  # one per run of 10 variants (the palette's size)
 SMALL_N_ALPHA = 0.35  # markers of a variant's smaller n; its largest n is drawn solid
 CEILING_STYLE = dict(color="0.25", lw=1.3, zorder=2)
 TABLE_COLUMNS = ["label", "seq_len", "intensity_flop_per_byte", "gflops_per_s", "bound_gflops_per_s",
@@ -105,8 +107,10 @@ def roofline_figure(df: pd.DataFrame, desc: str):
     ax.set_title(f"Roofline — {desc}", loc="left", fontsize=10)
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
-    fig.text(0.01, -0.02, _ceiling_text(peak, bw, several) + ". Each variant's line runs over its n; its largest n "
-             "solid, smaller n faded; white-filled: noisy.", fontsize=7, color="0.3", ha="left", va="top", wrap=True)
+    caption = (_ceiling_text(peak, bw, several) + ". Each variant's line runs over its n; its largest n solid, "
+               "smaller n faded; white-filled: noisy.")
+    ax.text(0.0, -0.13, textwrap.fill(caption, 110), transform=ax.transAxes, fontsize=7, color="0.3",
+            ha="left", va="top")  # wrapped under the axes, clear of the legend on the right
     return fig
 
 
@@ -117,12 +121,13 @@ def _draw_variants(ax, pts: pd.DataFrame) -> None:
     cmap = matplotlib.colormaps[PALETTE]
     for i, (lab, v) in enumerate(pts.groupby("label", sort=True)):
         col = cmap(i % cmap.N)
+        mk = MARKERS[(i // cmap.N) % len(MARKERS)]  # colours repeat every 10 variants: the marker tells them apart
         ax.plot(v["intensity"], v["gflops_per_s"], color=col, lw=0.9, alpha=SMALL_N_ALPHA + 0.2, zorder=3)
-        ax.plot(v["intensity"][:-1], v["gflops_per_s"][:-1], color=col, marker="o", ms=4, ls="none",
+        ax.plot(v["intensity"][:-1], v["gflops_per_s"][:-1], color=col, marker=mk, ms=4, ls="none",
                 alpha=SMALL_N_ALPHA, zorder=4)
         top = v.iloc[-1]
         face = "white" if top["noisy"] else col
-        ax.plot([top["intensity"]], [top["gflops_per_s"]], color=col, marker="o", ms=7, ls="none",
+        ax.plot([top["intensity"]], [top["gflops_per_s"]], color=col, marker=mk, ms=7, ls="none",
                 markerfacecolor=face, zorder=5, label=f"{lab} (n = {int(top['seq_len'])})")
 
 
