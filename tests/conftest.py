@@ -74,3 +74,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def storages():
+    """A dispatch mode that records every storage an aten op produces, once per storage (a view
+    is no allocation): ``with storages() as rec: ...`` then ``rec.storages`` maps data_ptr ->
+    (bytes, is floating point). For tests that a kernel allocates nothing of a given size."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Storages(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.storages = {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    st = t.untyped_storage()
+                    self.storages[st.data_ptr()] = (st.nbytes(), t.is_floating_point())
+            return out
+
+    return Storages

@@ -29,8 +29,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 PAGES_64MIB = 64 * 1024 * 1024 // 4096
 
 
-def _second_fill_faults(name: str) -> int:
-    out = subprocess.run([sys.executable, "-c", FAULTS], env=child_env(1, name), capture_output=True,
+def _child(code: str, allocator_name: str) -> int:
+    """The integer a child process prints, started as a worker is under ``allocator_name``."""
+    out = subprocess.run([sys.executable, "-c", code], env=child_env(1, allocator_name), capture_output=True,
                          text=True, timeout=120, check=True)
     return int(out.stdout.strip())
 
@@ -93,8 +94,8 @@ def test_runs_before_the_option_resume_as_default_allocator():
 
 
 def test_mimalloc_reuses_freed_blocks_and_default_faults_them_again():
-    fresh = _second_fill_faults("default")
-    kept = _second_fill_faults("mimalloc")
+    fresh = _child(FAULTS, "default")
+    kept = _child(FAULTS, "mimalloc")
     assert fresh > PAGES_64MIB // 2, json.dumps({"default": fresh})  # every page of a new mapping
     assert kept < PAGES_64MIB // 20, json.dumps({"mimalloc": kept})  # the kept block comes back faulted in
 
@@ -112,7 +113,5 @@ print(memory.cpu_peak_bytes(f))
 
 
 def test_memory_pass_sees_the_peak_under_the_caching_allocator():
-    out = subprocess.run([sys.executable, "-c", PEAK], env=child_env(1, "mimalloc"), capture_output=True,
-                         text=True, timeout=120, check=True)
-    peak = int(out.stdout.strip())
+    peak = _child(PEAK, "mimalloc")
     assert 60 * 2**20 < peak < 70 * 2**20, peak  # the 64 MiB buffer, although its pages were kept

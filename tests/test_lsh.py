@@ -14,7 +14,6 @@ from dataclasses import replace
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import attnbench.variants.lsh as L  # registers lsh@shared_qk
 from attnbench.approx import rel_errors
@@ -99,24 +98,7 @@ def test_hashing_chunks_equal_one_chunk(monkeypatch):
         assert torch.equal(L.lsh_buckets(q, 3, 14, 5), one), rows
 
 
-class _Storages(TorchDispatchMode):
-    """Records the storage (bytes, floating point) of every tensor an aten op produces, once
-    per storage (a view is no allocation)."""
-
-    def __init__(self):
-        super().__init__()
-        self.storages = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                st = t.untyped_storage()
-                self.storages[st.data_ptr()] = (st.nbytes(), t.is_floating_point())
-        return out
-
-
-def test_inference_allocates_nothing_of_the_outputs_size_but_the_output(monkeypatch):
+def test_inference_allocates_nothing_of_the_outputs_size_but_the_output(monkeypatch, storages):
     """Without autograd the output is the one float tensor that grows with B H N: no sorted
     copy of every round, no unit keys of every token, no projections of every token (these
     were fresh allocations above glibc's mmap threshold at N = 16384, page-faulted per call).
@@ -127,7 +109,7 @@ def test_inference_allocates_nothing_of_the_outputs_size_but_the_output(monkeypa
     c, n_pad, nc, nb = L.geometry(n, params["bucket_size"], None)
     monkeypatch.setattr(L, "TILE_BYTES", 4 * (4 * (7 * c * d + 2 * c * c) + 3 * c * c))  # tiles of 4 blocks
     monkeypatch.setattr(L, "HASH_BYTES", 64 * 8 * params["n_hashes"] * (nb // 2))  # chunks of 64 rows
-    with torch.inference_mode(), _Storages() as rec:
+    with torch.inference_mode(), storages() as rec:
         out = L.lsh_shared_qk(q, k, v, **params).out
     made = [rec.storages[p] for p in set(rec.storages) - {t.untyped_storage().data_ptr() for t in (q, k, v)}]
     floats = sorted(b for b, fp in made if fp)

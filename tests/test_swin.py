@@ -223,22 +223,7 @@ def test_blocked_inference_chunks_equal_autograd_path_and_reference(grid, win, s
     assert chk["ok"] and chk["rows_checked"] == n, chk
 
 
-class _Storages(TorchDispatchMode):
-    """Records the storage (bytes) of every tensor an aten op produces, once per storage."""
-
-    def __init__(self):
-        super().__init__()
-        self.storages = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return out
-
-
-def test_blocked_inference_allocates_one_head_at_a_time(monkeypatch):
+def test_blocked_inference_allocates_one_head_at_a_time(monkeypatch, storages):
     """Without autograd nothing the size of q, k or v is allocated but the output: q, k and v
     are gathered one chunk of windows of one head at a time, and the slots hold one head
     (at n = 16384 the whole-sequence gathers were 3 x 32 MiB plus [nW, H, M^2, M^2] scores,
@@ -249,9 +234,9 @@ def test_blocked_inference_allocates_one_head_at_a_time(monkeypatch):
     q, k, v = make_inputs(shape)
     t = win * win
     monkeypatch.setattr(swin_kernel, "CHUNK_BYTES", 5 * 4 * t * (4 * 16 + t))  # chunks of 5 windows
-    with torch.inference_mode(), _Storages() as rec:
+    with torch.inference_mode(), storages() as rec:
         out = get("swin@blocked")(q, k, v, **_params(grid, win, True)).out
-    made = sorted(b for p, b in rec.storages.items() if p not in {x.untyped_storage().data_ptr() for x in (q, k, v)})
+    made = sorted(b for p, (b, _) in rec.storages.items() if p not in {x.untyped_storage().data_ptr() for x in (q, k, v)})
     assert made[-1] == out.numel() * 4
     assert made[-2] <= n * 16 * 4 == made[-1] // heads, made[-4:]  # one head's slots
 
