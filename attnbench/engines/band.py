@@ -12,7 +12,7 @@ exact mask of their own; a query row with no key outputs zeros. Nothing N x M is
 
 The forward without autograd writes through ``out=`` into preallocated buffers and straight
 into the output rows: a fresh large CPU allocation costs a page fault per 4 KiB on first touch,
-as much as the softmax. Chunks hold CHUNK_BYTES of scores, so the forward's extra memory is the
+as much as the softmax (the output itself is advised onto huge pages: ``engines/pages.py``). Chunks hold CHUNK_BYTES of scores, so the forward's extra memory is the
 output plus one chunk. With autograd every block's probabilities are kept for the backward:
 O(n w).
 
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.cache import normal_tensors
+from attnbench.engines import pages
 
 # Query rows per block of the sliding / dilated plans. A block reads c + 2w keys for the 2w + 1
 # each row needs (c + w causal): larger blocks waste more of the band, smaller ones make more,
@@ -390,7 +391,7 @@ def _setup(plan: Plan, q, k, v) -> _Call:
     q5 = q.unflatten(1, (Hkv, G))  # [B, Hkv, G, N, D]
     out = out5 = sbuf = obuf = None
     if not grad:
-        out = torch.empty(B, H, N, D, dtype=dt, device=dev)
+        out = pages.empty(B, H, N, D, dtype=dt, device=dev)
         out5 = out.unflatten(1, (Hkv, G))  # [B, Hkv, G, N, D]
         sbuf = torch.empty(per, G * c, L, dtype=dt, device=dev)
         obuf = torch.empty(per, G * c, D, dtype=dt, device=dev)

@@ -12,7 +12,8 @@ Settings (environment variables the worker starts with; the loader, glibc and c1
 startup):
 
 * ``default``: the machine's allocator as it is. The suite's kernels are built to be fast here:
-  no fresh large temporaries in their hot paths.
+  no fresh large temporaries in their hot paths, and their large outputs (fresh memory by
+  nature) advised onto huge pages where THP is ``madvise`` (``attnbench/engines/pages.py``).
 * ``thp``: ``THP_MEM_ALLOC_ENABLE=1``: PyTorch aligns large CPU tensors to 2 MiB and asks for
   transparent huge pages (``madvise``): 512x fewer faults. Needs THP not set to ``never``.
 * ``mimalloc``: a caching allocator: Microsoft's mimalloc (the ``cmeel-mimalloc`` wheel, the

@@ -7,6 +7,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from attnbench.harness.allocator import thp_mode
 from attnbench.schema import SCHEMA_VERSION
 
 PACKAGES = ("torch", "numpy", "pandas", "hydra-core", "xformers", "triton", "attnbench")
@@ -75,6 +76,8 @@ def host_environment() -> dict[str, object]:
         "cpu_count": os.cpu_count(),
         "mem_available_bytes": mem_available_bytes(),
         "load_average_1m": os.getloadavg()[0],  # other load ruins multi-threaded CPU timings
+        # madvise: the engines' large outputs go onto huge pages (engines/pages.py); never: not
+        "transparent_hugepage": thp_mode(),
         # Allocator and threading settings that change CPU timings (workers inherit them): e.g.
         # THP_MEM_ALLOC_ENABLE=1 backs large tensors with huge pages, far fewer page faults.
         "env_vars": {k: v for k, v in sorted(os.environ.items())

@@ -56,6 +56,7 @@ import torch.nn.functional as F
 
 from attnbench import params as P
 from attnbench.case import Shape, Unsupported
+from attnbench.engines import pages
 from attnbench.registry import AttnOutput, VariantSpec, add
 from attnbench.tolerance import Tolerance
 
@@ -351,7 +352,7 @@ def _rounds_inference(qf, vf, norms, order, rank, N: int, G: int, causal: bool, 
     BH, R, nc, c = order.shape
     D, dev, dt = qf.shape[1], qf.device, qf.dtype
     tb, gh = _tiling(BH, nc, c, D, qf.element_size(), dev)  # blocks per tile, heads per group
-    out = torch.empty(BH * N, D, dtype=dt, device=dev)
+    out = pages.empty(BH * N, D, dtype=dt, device=dev)
     m, mass = torch.empty(BH * N, dtype=dt, device=dev), torch.ones(BH * N, dtype=dt, device=dev)
     slots = torch.empty(gh * nc, c, D, dtype=dt, device=dev)  # a group's round of outputs
     slot_l, tok = torch.empty(gh * nc, c, dtype=dt, device=dev), torch.empty(gh * N, D, dtype=dt, device=dev)

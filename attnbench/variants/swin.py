@@ -17,6 +17,7 @@ import torch
 
 from attnbench.cache import normal_tensors
 from attnbench.case import Shape, Unsupported
+from attnbench.engines import pages
 from attnbench.patterns import SWIN
 from attnbench.patterns.swin import region, swin_geometry, table_for
 from attnbench.registry import AttnOutput, VariantSpec, add
@@ -132,7 +133,7 @@ def _windows_chunked(q, k, v, plan: WindowPlan, bias) -> torch.Tensor:
     cw = _windows_per_chunk(nw, T, d, q.element_size(), dev)
     # bias + mask of each head and pattern: -inf where blocked (every row keeps its diagonal)
     masked = bias.unsqueeze(1).masked_fill(plan.patterns, float("-inf"))  # [H, K, T, T]
-    out = torch.empty(b, heads, n, d, dtype=dt, device=dev)  # [B, H, n, D]
+    out = pages.empty(b, heads, n, d, dtype=dt, device=dev)  # [B, H, n, D]
     qb, kb, vb = (torch.empty(cw * T, d, dtype=dt, device=dev) for _ in range(3))
     sb = torch.empty(cw, T, T, dtype=dt, device=dev)
     slots = torch.empty(nw * T, d, dtype=dt, device=dev)  # one head's outputs in window layout

@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 
+from attnbench.engines import pages
 from attnbench.engines.blocksparse import tuning  # the engine's tuning constants, read at call time
 from attnbench.engines.blocksparse.autograd import dense_attention
 from attnbench.engines.blocksparse.plan import BlockPlan, DenseChunk, LightChunk
@@ -176,7 +177,7 @@ def make_call(q, k, v, plan: BlockPlan, scale: float) -> Call:
         kE, vE = kf.index_select(1, ex), vf.index_select(1, ex)  # [BHkv, E, D]
     return Call(
         q=q, k=k, v=v, qf=q.view(B * H, N, D), kf=kf, vf=vf,  # qf: [BH, N, D]
-        out=torch.empty(B * H, N, D, dtype=q.dtype, device=q.device), kE=kE, vE=vE, scale=scale,
+        out=pages.empty(B * H, N, D, dtype=q.dtype, device=q.device), kE=kE, vE=vE, scale=scale,
         H=H, Hkv=Hkv, G=H // Hkv, M=M, D=D, b=plan.block,
         k_numel=k.untyped_storage().nbytes() // k.element_size(),
         s_el=max((c.blocks * c.rows * c.cols for c in plan.light), default=0),
