@@ -12,7 +12,8 @@ import pytest
 from attnbench.case import Shape
 from attnbench.catalog import get
 from attnbench.harness.bandwidth import memory_bandwidth_gbs
-from attnbench.report.roofline import bound, ceilings, points, roofline_figure, roofline_table
+from attnbench.harness.flops import block_gemm_gflops
+from attnbench.report.roofline import bound, block_ceiling, ceilings, points, roofline_figure, roofline_table
 
 PEAK, BW = 200.0, 40.0  # GFLOP/s, GB/s: ridge at 5 FLOP/byte
 GROUP = {"device_name": "test", "device": "cpu", "mode": "fwd", "dtype": "float32", "causal": False,
@@ -39,6 +40,24 @@ def test_probe_gives_a_positive_finite_bandwidth_on_a_tiny_budget():
     r = memory_bandwidth_gbs("cpu", "float32", budget_s=0.02)
     assert math.isfinite(r["mem_bw_gbs"]) and r["mem_bw_gbs"] > 0
     assert r["mem_bw_bytes"] >= 64 * 2**20
+
+
+def test_block_probe_rates_the_batched_64_cube_bmm_on_a_tiny_budget():
+    r = block_gemm_gflops("cpu", "float32", budget_s=0.02)
+    assert math.isfinite(r["gemm_block_gflops"]) and r["gemm_block_gflops"] > 0
+    assert r["gemm_block_shape"] == "256x64x64x64"
+
+
+def test_block_ceiling_is_the_highest_probe_and_none_before_the_probe():
+    df = pd.DataFrame([_row("full@naive", 64, 10.0, gemm_block_gflops=70.0),
+                       _row("full@naive", 128, 10.0, gemm_block_gflops=90.0)])
+    assert block_ceiling(df) == 90.0
+    assert block_ceiling(df.drop(columns=["gemm_block_gflops"])) is None
+    t = roofline_table(df, GROUP, "s", "test")
+    assert "[64×64]·[64×64] products, 90.0 GFLOP/s" in t.notes[0]
+    fig = roofline_figure(df, "test")
+    dashed = [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1 and list(dashed[0].get_ydata()) == [90.0, 90.0]
 
 
 def test_bound_is_memory_below_the_ridge_and_the_peak_above():
@@ -88,6 +107,8 @@ def test_a_run_records_the_bandwidth_in_run_json(tmp_path):  # about 9 s: the pr
     assert p.returncode == 0, p.stderr
     info = json.loads((out / "run.json").read_text())
     assert info["mem_bw_gbs"] > 0 and info["mem_bw_bytes"] >= 64 * 2**20
+    assert info["gemm_block_gflops"] > 0
+    assert info["transparent_hugepage"] in ("always", "madvise", "never", None)
 
 
 def test_the_gemm_probe_is_cut_only_for_runs_of_tiny_case_budgets():

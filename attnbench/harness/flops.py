@@ -42,6 +42,30 @@ def gemm_peak_gflops(device: str = "cpu", dtype: str = "float32", budget_s: floa
     return best
 
 
+BLOCK = 64  # the block shape of block_local and swin (64 x 64 x 64 products, D = 64)
+BLOCK_BATCH = 256  # one head's blocks at n = 16384: what one band-engine GEMM call does
+
+
+def block_gemm_gflops(device: str = "cpu", dtype: str = "float32", budget_s: float = 0.7) -> dict:
+    """Sustained GFLOP/s of the batched small GEMM the small-window kernels are made of:
+    ``torch.bmm`` of [256, 64, 64] x [256, 64, 64] (all in cache), timed like
+    :func:`gemm_peak_gflops`. The roofline draws it as a second compute ceiling: a kernel made
+    of such products cannot run faster than it (block_local@blocked, swin@blocked at their
+    defaults), however close to the square-GEMM peak the machine's large GEMMs run."""
+    import torch
+
+    from attnbench.harness.timing import measure
+    from attnbench.registry import DTYPES
+
+    dt = DTYPES[dtype]
+    a, b = (torch.randn(BLOCK_BATCH, BLOCK, BLOCK, device=device).to(dt) for _ in range(2))
+    out = torch.empty(BLOCK_BATCH, BLOCK, BLOCK, device=device, dtype=dt)
+    st = measure(lambda: torch.bmm(a, b, out=out), device=device, budget_s=budget_s, warmup_s=1e-9,
+                 ci_min=1 << 30, threads=torch.get_num_threads() if device == "cpu" else None)
+    rate = 2.0 * BLOCK_BATCH * BLOCK**3 / (st.median_ms / 1e3) / 1e9
+    return {"gemm_block_gflops": rate, "gemm_block_shape": f"{BLOCK_BATCH}x{BLOCK}x{BLOCK}x{BLOCK}"}
+
+
 def achieved(flops: float, median_ms: float | None, peak_gflops: float | None) -> tuple[float | None, float | None]:
     """(GFLOP/s, fraction of peak) for ``flops`` done in ``median_ms``."""
     if not median_ms or median_ms <= 0 or not flops:

@@ -60,12 +60,13 @@ def main() -> None:
         elif op == "probe":
             from attnbench.harness.bandwidth import memory_bandwidth_gbs
             from attnbench.harness.env import device_environment
-            from attnbench.harness.flops import gemm_peak_gflops
+            from attnbench.harness.flops import block_gemm_gflops, gemm_peak_gflops
 
             info = device_environment(msg["device"])
             info.update(gemm_peak_gflops(msg["device"], msg["dtype"], msg.get("budget_s", 2.0)),
                         gemm_probe_s=msg.get("budget_s", 2.0))
             info.update(memory_bandwidth_gbs(msg["device"], msg["dtype"]))  # the roofline's second ceiling
+            info.update(block_gemm_gflops(msg["device"], msg["dtype"], msg.get("budget_s", 2.0) / 3))  # ... and third
             send(info)
         elif op == "exit":
             break

@@ -5,7 +5,10 @@ both from the registry's formulas, ``VariantSpec.flops`` / ``VariantSpec.bytes``
 factor cancels); y: achieved GFLOP/s (the row's ``gflops_per_s``). The ceilings are the run's
 own probes (run.json): the GEMM peak (``gemm_peak_gflops``, horizontal) and the memory
 bandwidth times the intensity (``mem_bw_gbs`` x AI, the diagonal); they meet at the ridge,
-AI = peak / bandwidth. A group merged from several runs takes the highest of each (said so).
+AI = peak / bandwidth. Runs that probed it also get the rate of the batched 64 x 64 x 64 GEMM
+(``gemm_block_gflops``, dashed): the ceiling of kernels made of such small products
+(block_local, swin), below the square-GEMM peak. A group merged from several runs takes the
+highest of each (said so).
 Runs without a measured bandwidth (before the probe existed) get no roofline.
 
 Rows store no bytes figure: a case's bytes are recomputed from the registry from the row's
@@ -46,6 +49,13 @@ def ceilings(df: pd.DataFrame) -> tuple[float | None, float | None, bool]:
     return peak, bw, n_peak > 1 or n_bw > 1
 
 
+def block_ceiling(df: pd.DataFrame) -> float | None:
+    """The batched 64 x 64 x 64 GEMM rate (GFLOP/s), the highest over the rows' runs; None where
+    no run probed it."""
+    vals = [float(v) for v in df.get("gemm_block_gflops", pd.Series(dtype=float)).dropna() if finite(v)]
+    return max(vals) if vals else None
+
+
 def case_bytes(r: dict) -> float | None:
     """The variant's minimum bytes of one call for the row's shape and params (None: unknown variant)."""
     from attnbench.case import Shape
@@ -75,6 +85,13 @@ def points(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(recs, columns=cols).sort_values(["label", "seq_len"]).reset_index(drop=True)
 
 
+def _block_text(block: float | None) -> str:
+    if block is None:
+        return ""
+    return (f" Dashed: torch.bmm of 256 [64×64]·[64×64] products, {fmt_num(block)} GFLOP/s: the ceiling of kernels "
+            "made of 64-row blocks (block_local, swin).")
+
+
 def _ceiling_text(peak: float, bw: float, several: bool) -> str:
     txt = f"GEMM peak {fmt_num(peak)} GFLOP/s, bandwidth {fmt_num(bw)} GB/s, ridge {fmt_num(peak / bw)} FLOP/B"
     return txt + (" (the highest of the merged runs' probes)" if several else "")
@@ -96,6 +113,10 @@ def roofline_figure(df: pd.DataFrame, desc: str):
     ax.plot(xs, np.minimum(peak, bw * xs), label="ceiling: min(GEMM peak, bandwidth × AI)", **CEILING_STYLE)
     ax.axvline(peak / bw, color="0.6", lw=0.8, ls=":", zorder=1)
     ax.plot([peak / bw], [peak], marker="D", color="0.25", ls="none", ms=6, label=f"ridge {fmt_num(peak / bw)} FLOP/B")
+    block = block_ceiling(df)
+    if block is not None:
+        ax.axhline(block, color="0.45", lw=1.0, ls="--", zorder=2,
+                   label=f"batched 64×64×64 GEMM {fmt_num(block)} GFLOP/s")
     _draw_variants(ax, pts)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -108,7 +129,7 @@ def roofline_figure(df: pd.DataFrame, desc: str):
     handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
     caption = (_ceiling_text(peak, bw, several) + ". Each variant's line runs over its n; its largest n solid, "
-               "smaller n faded; white-filled: noisy.")
+               "smaller n faded; white-filled: noisy." + _block_text(block))
     ax.text(0.0, -0.13, textwrap.fill(caption, 110), transform=ax.transAxes, fontsize=7, color="0.3",
             ha="left", va="top")  # wrapped under the axes, clear of the legend on the right
     return fig
@@ -151,4 +172,4 @@ def roofline_table(df: pd.DataFrame, group: dict, slug: str, desc: str) -> Table
     return Table(name=f"roofline_{slug}", title=f"Roofline at each variant's largest n — {desc}", header=header,
                  rows=rows, csv=csv_frame(recs, group, TABLE_COLUMNS), align="lrrrrrl",
                  notes=[f"AI: the variant's FLOPs ÷ its minimum bytes (registry formulas); bound: min(GEMM peak, "
-                        f"bandwidth × AI); {_ceiling_text(peak, bw, several)}."])
+                        f"bandwidth × AI); {_ceiling_text(peak, bw, several)}.{_block_text(block_ceiling(df))}"])
