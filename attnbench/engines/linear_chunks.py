@@ -41,6 +41,8 @@ from typing import Callable, NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
+from attnbench.engines import pages
+
 # Bytes of a span's features and [rows, D] blocks. FAVOR+ forward at n = 16K, H = 8, D = 64 on a
 # 2-core AVX-512 CPU (medians of 12, alternated): 2 MiB 183 ms, 4 MiB 167, 6 MiB 168; elu and
 # relu flat from 4 to 8 MiB. Causal fwd+bwd peak at n = 16K (each span keeps its starting state
@@ -214,7 +216,7 @@ def _forward(cfg: _Cfg, steps, q, k, v, kv, m, keep: bool):
     b, h, _, d = q.shape
     hkv = k.shape[1]
     q5 = q.unflatten(1, (hkv, h // hkv))  # [B, Hkv, G, N, D]: query head hkv * G + g; a view
-    out = torch.empty(q5.shape, dtype=cfg.dt, device=q.device)  # [B, Hkv, G, N, D]
+    out = pages.empty(*q5.shape, dtype=cfg.dt, device=q.device)  # [B, Hkv, G, N, D]
     size = max((max(st.q1 - st.q0, st.k1 - st.k0) for st in steps), default=0)
     work = _Work(b, h, hkv, size, cfg.fmap.r, d, cfg.dt, q.device)
     kv = kv.clone()  # updated in place from here on (a state passed in stays as it was)
