@@ -7,7 +7,9 @@
 """
 from __future__ import annotations
 
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -64,6 +66,55 @@ def clean_registry():
         for name in set(sys.modules) - modules_before:
             if name.startswith("attnbench_plugin_") or name.startswith("fakepkg_attn"):
                 del sys.modules[name]
+
+
+@pytest.fixture
+def cli_in_process(monkeypatch, capsys):
+    """``python -m attnbench ARGS`` run in this process: ``cli_in_process(*args, cwd=dir)`` returns a
+    ``CompletedProcess`` (returncode, stdout, stderr) from the ``main()`` that ``__main__`` calls.
+
+    For the tables of refused commands (bad input is one line and an exit status): a fresh
+    interpreter costs ~2 s of torch/hydra imports per case, so each table runs in process and
+    keeps a few cases as real ``python -m attnbench`` processes. Each call runs in the given
+    working directory, and what it registers (``--plugin``) is removed after it, as if each call
+    were a process of its own.
+    """
+    from attnbench.cli import main
+
+    catalog.all_specs()  # builtins loaded before the snapshot, as in clean_registry
+
+    def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+        before, modules_before = dict(registry._REGISTRY), set(sys.modules)
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()  # what the test printed before is not the command's
+        try:
+            status = main([str(a) for a in args])
+        finally:
+            registry._REGISTRY.clear()
+            registry._REGISTRY.update(before)
+            registry._CURRENT_SOURCE = "builtin"
+            for name in set(sys.modules) - modules_before:
+                if name.startswith("attnbench_plugin_"):
+                    del sys.modules[name]
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["attnbench", *map(str, args)], status, out, err)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished ``python -m attnbench run`` (a real process, its device probes included):
+    full@naive at n=32 and xl@segment (not causal: a row that cannot run), 2 heads of 16, one
+    thread, 0.01 s of timing. Shared by the modules that read a run (failure paths, run.json's
+    probe fields): read it, or copy it to change it."""
+    d = tmp_path_factory.mktemp("tiny_run")
+    p = subprocess.run([sys.executable, "-m", "attnbench", "run", "--out", str(d / "run"), "--variants",
+                        "full@naive,xl@segment", "--seq-lens", "32", "--threads", "1", "--heads", "2",
+                        "--head-dim", "16", "timing.budget_s=0.01"],
+                       cwd=d, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return d / "run"
 
 
 @pytest.fixture(scope="module")

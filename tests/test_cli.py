@@ -1,8 +1,10 @@
 """The CLI as a user meets it: bad input is one clear line and exit 2, list/--json, plugins,
 results on stdout and progress on stderr, --help and --version, the --seq-lens rule.
 
-Every call is a fresh ``python -m attnbench`` (about two seconds each: torch and hydra imports);
---help, --version and --seq-lens are read in process.
+A fresh ``python -m attnbench`` costs about two seconds (torch and hydra imports): the table of
+bad inputs runs in process (``cli_in_process``: the same ``main()``), with a few of its cases also
+as real processes; list, plugins and run are real processes; --help, --version and --seq-lens are
+read in process.
 """
 from __future__ import annotations
 
@@ -49,12 +51,19 @@ BAD_INPUT = {
 }
 
 
-@pytest.mark.parametrize("case", list(BAD_INPUT))
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path):
+# Also run as a real process (exit status through ``__main__``, nothing else on a fresh
+# interpreter's stderr): a refusal by the registry (every builtin variant module imported) and one
+# by hydra's config composition.
+IN_A_FRESH_PROCESS = ["variant-typo", "override-unknown"]
+
+
+@pytest.mark.parametrize("case, fresh", [pytest.param(c, False, id=c) for c in BAD_INPUT]
+                         + [pytest.param(c, True, id=f"{c}-process") for c in IN_A_FRESH_PROCESS])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, fresh, tmp_path, cli_in_process):
     argv, must = BAD_INPUT[case]
     out = tmp_path / "out"
     argv = [str(out) if a == "OUT" else a for a in argv]
-    p = attnbench(*argv, cwd=tmp_path)
+    p = attnbench(*argv, cwd=tmp_path) if fresh else cli_in_process(*argv, cwd=tmp_path)
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
     assert p.stderr.startswith("attnbench: error:"), p.stderr
     assert p.stderr.count("\n") == 1 and p.stderr.endswith("\n"), f"not one line:\n{p.stderr}"
@@ -66,10 +75,10 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path):
     assert p.stdout == ""
 
 
-def test_list_table_fits_100_columns_one_line_per_variant(tmp_path):
+def test_list_table_fits_100_columns_one_line_per_variant(tmp_path, cli_in_process):
     from attnbench.catalog import names
 
-    p = attnbench("list", cwd=tmp_path)
+    p = cli_in_process("list", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert max(len(ln.rstrip()) for ln in lines) <= 100
@@ -78,9 +87,9 @@ def test_list_table_fits_100_columns_one_line_per_variant(tmp_path):
     assert any(ln.startswith("parameters") for ln in lines)
 
 
-def test_list_for_cuda_on_any_machine(tmp_path):
+def test_list_for_cuda_on_any_machine(tmp_path, cli_in_process):
     """The README's ``list --device cuda`` example: availability as declared, without a GPU."""
-    p = attnbench("list", "--device", "cuda", "--dtype", "bfloat16", cwd=tmp_path)
+    p = cli_in_process("list", "--device", "cuda", "--dtype", "bfloat16", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert "availability on cuda, bfloat16" in p.stdout and "full@flash" in p.stdout
 
@@ -123,8 +132,9 @@ def test_seq_lens_rule(text, expected):
     assert parse_seq_lens(text) == expected
 
 
-def test_list_json(tmp_path):
-    p = attnbench("list", "--json", cwd=tmp_path)
+def test_list_json(tmp_path, cli_in_process):
+    """In process; ``list --json`` as a real process is test_plugin_list_json."""
+    p = cli_in_process("list", "--json", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     entries = json.loads(p.stdout)
     assert isinstance(entries, list) and entries
@@ -185,7 +195,7 @@ def plugin_run(tmp_path_factory) -> dict:
     plugin.write_text(textwrap.dedent(PLUGIN_SRC))
     out = d / "run"
     p = attnbench("run", "--variants", "mine@plugtest,xl@segment", "--plugin", str(plugin), "--seq-lens", "32,64",
-                  "--heads", "2", "--head-dim", "16", "--threads", "1", "--time-budget", "0.2",
+                  "--heads", "2", "--head-dim", "16", "--threads", "1", "--time-budget", "0.05",
                   "--out", str(out), cwd=d)
     assert p.returncode == 0, p.stderr[-3000:]
     return {"dir": d, "out": out, "plugin": plugin, "stdout": p.stdout, "stderr": p.stderr}
@@ -217,14 +227,16 @@ def test_run_prints_results_on_stdout_progress_on_stderr(plugin_run):
     assert "slope t/mem" not in err and "new rows" not in err and "cannot run" not in err
 
 
-def test_report_and_compare_take_plugin(plugin_run, tmp_path):
-    """The plugin's metadata (its complexity) reaches the report; compare loads it too."""
-    p = attnbench("report", str(plugin_run["out"]), "--out", str(tmp_path / "rep"), "--baseline", "mine@plugtest",
-                  "--no-figures", "--plugin", str(plugin_run["plugin"]), cwd=tmp_path)
+def test_report_and_compare_take_plugin(plugin_run, tmp_path, cli_in_process):
+    """The plugin's metadata (its complexity) reaches the report; compare loads it too. In process
+    (the plugin is not registered here before: cli_in_process removes what a call loads);
+    ``--plugin`` in a fresh process is test_plugin_check, test_plugin_list_json and plugin_run."""
+    p = cli_in_process("report", str(plugin_run["out"]), "--out", str(tmp_path / "rep"), "--baseline",
+                       "mine@plugtest", "--no-figures", "--plugin", str(plugin_run["plugin"]), cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     scaling = next((tmp_path / "rep" / "tables").glob("scaling_*.md")).read_text()
     assert "O(n^2 d)" in next(ln for ln in scaling.splitlines() if "mine@plugtest" in ln)
-    p = attnbench("compare", str(plugin_run["out"]), str(plugin_run["out"]), "--plugin", str(plugin_run["plugin"]),
-                  "--csv", str(tmp_path / "cmp.csv"), cwd=tmp_path)
+    p = cli_in_process("compare", str(plugin_run["out"]), str(plugin_run["out"]), "--plugin",
+                       str(plugin_run["plugin"]), "--csv", str(tmp_path / "cmp.csv"), cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert "mine@plugtest" in (tmp_path / "cmp.csv").read_text()

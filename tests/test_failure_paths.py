@@ -4,7 +4,8 @@ writer per run directory; ``--resume`` resumes the run's own grid (``--extend`` 
 one); Ctrl-C stops a run at once, kills its worker and prints the command that resumes it.
 
 Runs are tiny (full@naive at n=32, one thread, 0.01 s of timing). One fresh run is made per
-module and copied per test; a resumed run skips the device probe, so each costs a few seconds.
+session (conftest.tiny_run) and copied per test; a resumed run skips the device probe, so each
+costs a few seconds. Refusals that stop before any work run in process (``cli_in_process``).
 """
 from __future__ import annotations
 
@@ -44,13 +45,10 @@ def error_line(p: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def base_run(tmp_path_factory) -> Path:
-    """A finished run: full@naive at n=32, and xl@segment (not causal: cannot run)."""
-    d = tmp_path_factory.mktemp("base")
-    p = attnbench("run", "--out", str(d / "run"), "--variants", "full@naive,xl@segment", "--seq-lens", "32",
-                  *SMALL, cwd=d)
-    assert p.returncode == 0, p.stderr[-2000:]
-    return d / "run"
+def base_run(tiny_run) -> Path:
+    """A finished run: full@naive at n=32, and xl@segment (not causal: cannot run), made with SMALL
+    (conftest.tiny_run, shared with test_roofline). Read only: run_copy to change it."""
+    return tiny_run
 
 
 @pytest.fixture
@@ -94,8 +92,15 @@ FAILURES = {
 }
 
 
-@pytest.mark.parametrize("case", list(FAILURES))
-def test_failure_is_one_line(case, tmp_path, base_run):
+# Every case runs in process (``cli_in_process``: the same ``main()``; a fresh interpreter costs
+# ~2 s of imports); these also as a real ``python -m attnbench``: exit 1 from the environment, and a
+# plugin that fails to import in a fresh registry.
+IN_A_FRESH_PROCESS = ["out-cannot-be-created", "plugin-syntax-error"]
+
+
+@pytest.mark.parametrize("case, fresh", [pytest.param(c, False, id=c) for c in FAILURES]
+                         + [pytest.param(c, True, id=f"{c}-process") for c in IN_A_FRESH_PROCESS])
+def test_failure_is_one_line(case, fresh, tmp_path, base_run, cli_in_process):
     argv, status, must = FAILURES[case]
     paths = {"FILE": tmp_path / "a_file", "OUT": tmp_path / "out", "RUN": base_run,
              "SYNTAX": tmp_path / "syntax.py", "REGISTRATION": tmp_path / "registration.py"}
@@ -108,7 +113,7 @@ def test_failure_is_one_line(case, tmp_path, base_run):
             a = a.replace(k, str(v)) if a.startswith(k) else a
         return a
 
-    p = attnbench(*[sub(a) for a in argv], cwd=tmp_path)
+    p = (attnbench if fresh else cli_in_process)(*[sub(a) for a in argv], cwd=tmp_path)
     assert p.returncode == status, (p.returncode, p.stderr)
     line = error_line(p)
     assert p.stderr == line + "\n", f"not one line:\n{p.stderr}"
@@ -118,19 +123,19 @@ def test_failure_is_one_line(case, tmp_path, base_run):
     assert not paths["OUT"].exists(), "a refused command created --out"
 
 
-def test_debug_adds_the_traceback(tmp_path):
-    p = attnbench("run", "--out", str(tmp_path / "out"), "memory=maybe", "--debug", cwd=tmp_path)
+def test_debug_adds_the_traceback(tmp_path, cli_in_process):
+    p = cli_in_process("run", "--out", str(tmp_path / "out"), "memory=maybe", "--debug", cwd=tmp_path)
     assert p.returncode == 2
     assert "Traceback" in p.stderr and p.stderr.endswith("attnbench: error: memory=maybe: must be true or false "
                                                          "(see attnbench/conf/bench.yaml)\n")
 
 
-def test_corrupt_line_in_the_middle_on_resume(run_copy):
+def test_corrupt_line_in_the_middle_on_resume(run_copy, cli_in_process):
     jsonl = run_copy / "results.jsonl"
     lines = jsonl.read_text().splitlines(keepends=True)
     jsonl.write_text(lines[0] + "{garbage\n" + "".join(lines[1:]))
     before = jsonl.read_bytes()
-    p = attnbench("run", "--out", str(run_copy), "--resume", cwd=run_copy.parent)
+    p = cli_in_process("run", "--out", str(run_copy), "--resume", cwd=run_copy.parent)
     assert p.returncode == 1, p.stderr
     line = error_line(p)
     assert f"{jsonl}: line 2 is not valid JSON" in line and "fix that line" in line
@@ -165,7 +170,9 @@ def test_full_disk_mid_run_keeps_the_rows(run_copy):
 # ---------------------------------------------------------------------------------------------
 # One writer per run directory
 # ---------------------------------------------------------------------------------------------
-def test_second_writer_is_refused_naming_the_holder(tmp_path):
+def test_second_writer_is_refused_naming_the_holder(tmp_path, cli_in_process):
+    """In process: flock locks belong to open files, so this process's own lock below refuses its
+    second open as it would another process's (test_ctrl_c_... refuses a real second process)."""
     out = tmp_path / "run"
     out.mkdir()
     with open(out / ".lock", "a+") as held:
@@ -173,7 +180,8 @@ def test_second_writer_is_refused_naming_the_holder(tmp_path):
         held.write(json.dumps({"pid": os.getpid(), "host": "bench-host", "started_at": "2025-01-01T00:00:00+00:00",
                                "command": "python -m attnbench run --out run"}) + "\n")
         held.flush()
-        p = attnbench("run", "--out", str(out), "--variants", "full@naive", "--seq-lens", "32", *SMALL, cwd=tmp_path)
+        p = cli_in_process("run", "--out", str(out), "--variants", "full@naive", "--seq-lens", "32", *SMALL,
+                           cwd=tmp_path)
     assert p.returncode == 1, p.stderr
     line = error_line(p)
     assert line == (f"attnbench: error: --out {out} is being written by another run (pid {os.getpid()} on bench-host, "
@@ -197,9 +205,9 @@ def test_stale_lock_of_a_dead_run_does_not_block(run_copy):
 # ---------------------------------------------------------------------------------------------
 # --resume resumes; --extend says so and run.json records every grid
 # ---------------------------------------------------------------------------------------------
-def test_resume_with_a_different_grid_is_refused_unless_extended(run_copy):
+def test_resume_with_a_different_grid_is_refused_unless_extended(run_copy, cli_in_process):
     before = {f: (run_copy / f).read_bytes() for f in ("run.json", "results.jsonl")}
-    p = attnbench("run", "--out", str(run_copy), "--resume", "--seq-lens", "32,64", cwd=run_copy.parent)
+    p = cli_in_process("run", "--out", str(run_copy), "--resume", "--seq-lens", "32,64", cwd=run_copy.parent)
     assert p.returncode == 2, p.stderr
     line = error_line(p)
     assert f"plans a different grid than the run in {run_copy} (seq_lens [32] -> [32, 64])" in line

@@ -161,14 +161,20 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("case", list(BAD))
-def test_bad_parameters_are_one_line_exit_2_nothing_written(case, tmp_path):
+# Every case in process (``cli_in_process``: the same ``main()``, without ~2 s of imports each);
+# this one also as a real ``python -m attnbench`` in a bare environment.
+IN_A_FRESH_PROCESS = ["run-window"]
+
+
+@pytest.mark.parametrize("case, fresh", [pytest.param(c, False, id=c) for c in BAD]
+                         + [pytest.param(c, True, id=f"{c}-process") for c in IN_A_FRESH_PROCESS])
+def test_bad_parameters_are_one_line_exit_2_nothing_written(case, fresh, tmp_path, cli_in_process):
     argv, needles = BAD[case]
     for d in ("A", "B"):  # compare needs two readable runs to reach its --variants
         (tmp_path / d).mkdir()
         (tmp_path / d / "results.jsonl").write_text(json.dumps({"variant": "full@sdpa", "status": "ok"}) + "\n")
     out = tmp_path / "out"
-    p = attnbench(*[str(out) if a == "OUT" else a for a in argv], cwd=tmp_path)
+    p = (attnbench if fresh else cli_in_process)(*[str(out) if a == "OUT" else a for a in argv], cwd=tmp_path)
     assert p.returncode == 2, (p.stdout, p.stderr)
     assert p.stderr.startswith("attnbench: error:") and p.stderr.count("\n") == 1, p.stderr
     for n in needles:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -98,14 +96,9 @@ def test_figure_builds_and_is_none_without_rows_or_bandwidth(tmp_path):
     assert roofline_table(df.drop(columns=["mem_bw_gbs"]), GROUP, "s", "test") is None
 
 
-def test_a_run_records_the_bandwidth_in_run_json(tmp_path):  # about 9 s: the probes and one case
-    out = tmp_path / "run"
-    p = subprocess.run([sys.executable, "-m", "attnbench", "run", "--variants", "full@naive", "--seq-lens", "64",
-                        "--mode", "fwd", "--batch", "1", "--heads", "2", "--head-dim", "16", "--threads", "1",
-                        "timing.budget_s=0.05", "--out", str(out)],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=240)
-    assert p.returncode == 0, p.stderr
-    info = json.loads((out / "run.json").read_text())
+def test_a_run_records_the_bandwidth_in_run_json(tiny_run):
+    """A real ``python -m attnbench run`` (conftest.tiny_run: its probes and one case)."""
+    info = json.loads((tiny_run / "run.json").read_text())
     assert info["mem_bw_gbs"] > 0 and info["mem_bw_bytes"] >= 64 * 2**20
     assert info["gemm_block_gflops"] > 0
     assert info["transparent_hugepage"] in ("always", "madvise", "never", None)

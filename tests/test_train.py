@@ -131,11 +131,6 @@ def test_train_cli_kill_and_resume_equals_uninterrupted(tmp_path):
         assert a[k] == b[k], k
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "attnbench", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
-
-
 @pytest.mark.parametrize("args, message", [
     (["--task", "listopz"], "--task 'listopz': no such task (did you mean 'listops'?)"),
     (["--task", "listops", "--size", "huge"], "--size 'huge': allowed: small, paper"),
@@ -164,10 +159,10 @@ def test_train_refuses_an_existing_run_without_resume(tmp_path, capsys):
     assert "holds a run already: continue it with --resume" in capsys.readouterr().err
 
 
-def test_data_command_writes_the_release_format_and_train_reads_it_back(tmp_path):
+def test_data_command_writes_the_release_format_and_train_reads_it_back(tmp_path, cli_in_process):
     from attnbench.data import listops
 
-    r = _cli("data", "listops", "--out", str(tmp_path / "lo"), "--seed", "3")
+    r = cli_in_process("data", "listops", "--out", str(tmp_path / "lo"), "--seed", "3", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "lo").iterdir()) == ["basic_test.tsv", "basic_train.tsv", "basic_val.tsv"]
     assert (tmp_path / "lo" / "basic_val.tsv").read_text().startswith("Source\tTarget")
