@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -47,18 +48,15 @@ class RegistryView:
         return registry._CURRENT_SOURCE
 
 
-@pytest.fixture
-def clean_registry():
-    """Snapshot the registry (and plugin modules); restore it after the test.
-
-    Yields a :class:`RegistryView`. Builtins are loaded first, so that the snapshot holds them
-    and the test's own additions are the only difference.
-    """
+@contextlib.contextmanager
+def registry_restored():
+    """The registry (and plugin modules) as they were before the block, whatever it added.
+    Builtins are loaded first, so that the snapshot holds them."""
     catalog.all_specs()  # load builtins and installed entry points before the snapshot
     before = dict(registry._REGISTRY)
     modules_before = set(sys.modules)
     try:
-        yield RegistryView()
+        yield
     finally:
         registry._REGISTRY.clear()
         registry._REGISTRY.update(before)
@@ -66,6 +64,14 @@ def clean_registry():
         for name in set(sys.modules) - modules_before:
             if name.startswith("attnbench_plugin_") or name.startswith("fakepkg_attn"):
                 del sys.modules[name]
+
+
+@pytest.fixture
+def clean_registry():
+    """Snapshot the registry (and plugin modules); restore it after the test. Yields a
+    :class:`RegistryView`: the test's own additions are the only difference."""
+    with registry_restored():
+        yield RegistryView()
 
 
 @pytest.fixture
@@ -81,21 +87,11 @@ def cli_in_process(monkeypatch, capsys):
     """
     from attnbench.cli import main
 
-    catalog.all_specs()  # builtins loaded before the snapshot, as in clean_registry
-
     def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-        before, modules_before = dict(registry._REGISTRY), set(sys.modules)
         monkeypatch.chdir(cwd)
         capsys.readouterr()  # what the test printed before is not the command's
-        try:
+        with registry_restored():
             status = main([str(a) for a in args])
-        finally:
-            registry._REGISTRY.clear()
-            registry._REGISTRY.update(before)
-            registry._CURRENT_SOURCE = "builtin"
-            for name in set(sys.modules) - modules_before:
-                if name.startswith("attnbench_plugin_"):
-                    del sys.modules[name]
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(["attnbench", *map(str, args)], status, out, err)
 

@@ -18,11 +18,9 @@ def gemm_peak_gflops(device: str = "cpu", dtype: str = "float32", budget_s: floa
     """
     import torch
 
-    from attnbench.harness.timing import measure
     from attnbench.registry import DTYPES
 
     dt = DTYPES[dtype]
-    threads = torch.get_num_threads() if device == "cpu" else None
     best = {"gemm_peak_gflops": 0.0, "gemm_peak_size": 0, "gemm_dtype": dtype}
     sizes = (512, 1024, 2048, 4096) if device.startswith("cuda") else (512, 1024, 2048)
     wait, noisy = [], False
@@ -30,8 +28,7 @@ def gemm_peak_gflops(device: str = "cpu", dtype: str = "float32", budget_s: floa
         a = torch.randn(n, n, device=device).to(dt)
         b = torch.randn(n, n, device=device).to(dt)
         out = torch.empty(n, n, device=device, dtype=dt)
-        st = measure(lambda: torch.matmul(a, b, out=out), device=device, budget_s=budget_s / len(sizes),
-                     warmup_s=1e-9, ci_min=1 << 30, threads=threads)
+        st = _probe_timing(lambda: torch.matmul(a, b, out=out), device, budget_s / len(sizes))
         rate = 2.0 * n**3 / (st.median_ms / 1e3) / 1e9
         if st.wait_share is not None:
             wait.append(st.wait_share)
@@ -40,6 +37,17 @@ def gemm_peak_gflops(device: str = "cpu", dtype: str = "float32", budget_s: floa
             best.update(gemm_peak_gflops=rate, gemm_peak_size=n)
     best.update(gemm_wait_share=max(wait) if wait else None, gemm_noisy=noisy if wait else None)
     return best
+
+
+def _probe_timing(call, device: str, budget_s: float):
+    """A probe's calls timed like a case's (``timing.measure`` on the worker's threads), for
+    the whole budget: no warm-up beyond the first call, no early stop on a tight interval."""
+    import torch
+
+    from attnbench.harness.timing import measure
+
+    threads = torch.get_num_threads() if device == "cpu" else None
+    return measure(call, device=device, budget_s=budget_s, warmup_s=1e-9, ci_min=1 << 30, threads=threads)
 
 
 BLOCK = 64  # the block shape of block_local and swin (64 x 64 x 64 products, D = 64)
@@ -54,14 +62,12 @@ def block_gemm_gflops(device: str = "cpu", dtype: str = "float32", budget_s: flo
     defaults), however close to the square-GEMM peak the machine's large GEMMs run."""
     import torch
 
-    from attnbench.harness.timing import measure
     from attnbench.registry import DTYPES
 
     dt = DTYPES[dtype]
     a, b = (torch.randn(BLOCK_BATCH, BLOCK, BLOCK, device=device).to(dt) for _ in range(2))
     out = torch.empty(BLOCK_BATCH, BLOCK, BLOCK, device=device, dtype=dt)
-    st = measure(lambda: torch.bmm(a, b, out=out), device=device, budget_s=budget_s, warmup_s=1e-9,
-                 ci_min=1 << 30, threads=torch.get_num_threads() if device == "cpu" else None)
+    st = _probe_timing(lambda: torch.bmm(a, b, out=out), device, budget_s)
     rate = 2.0 * BLOCK_BATCH * BLOCK**3 / (st.median_ms / 1e3) / 1e9
     return {"gemm_block_gflops": rate, "gemm_block_shape": f"{BLOCK_BATCH}x{BLOCK}x{BLOCK}x{BLOCK}"}
 

@@ -39,21 +39,22 @@ def bound(ai: float, peak_gflops: float, bw_gbs: float) -> tuple[float, str]:
     return (mem, "memory") if mem < peak_gflops else (peak_gflops, "compute")
 
 
+def _highest(df: pd.DataFrame, col: str) -> tuple[float | None, int]:
+    """(the highest finite value of a run field over the rows, None where none; how many differ)."""
+    vals = {float(v) for v in df.get(col, pd.Series(dtype=float)).dropna() if finite(v)}
+    return (max(vals) if vals else None), len(vals)
+
+
 def ceilings(df: pd.DataFrame) -> tuple[float | None, float | None, bool]:
     """(GEMM peak GFLOP/s, bandwidth GB/s, whether runs differ), the highest over the rows' runs."""
-    def top(col: str) -> tuple[float | None, int]:
-        vals = {float(v) for v in df.get(col, pd.Series(dtype=float)).dropna() if finite(v)}
-        return (max(vals) if vals else None), len(vals)
-
-    (peak, n_peak), (bw, n_bw) = top("gemm_peak_gflops"), top("mem_bw_gbs")
+    (peak, n_peak), (bw, n_bw) = _highest(df, "gemm_peak_gflops"), _highest(df, "mem_bw_gbs")
     return peak, bw, n_peak > 1 or n_bw > 1
 
 
 def block_ceiling(df: pd.DataFrame) -> float | None:
     """The batched 64 x 64 x 64 GEMM rate (GFLOP/s), the highest over the rows' runs; None where
     no run probed it."""
-    vals = [float(v) for v in df.get("gemm_block_gflops", pd.Series(dtype=float)).dropna() if finite(v)]
-    return max(vals) if vals else None
+    return _highest(df, "gemm_block_gflops")[0]
 
 
 def case_bytes(r: dict) -> float | None:
