@@ -332,3 +332,19 @@ def test_cuda_kernel_equals_definition_and_cpu(dtype, causal):
             gpu = L.lsh_shared_qk(q.cuda(), k.cuda(), v.cuda(), causal=causal, bucket_size=16,
                                   n_hashes=3).out
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-5)
+
+
+def test_first_argmax_is_argmax_with_ties_to_the_first():
+    """first_argmax equals torch.argmax on non-negative int32 (the bits of |x R|): random rows,
+    rows with ties (the first index wins), all-zero rows (a zero query: j = 0), the largest
+    int32 values, and NaN's bits (which win, as in argmax of the float bits)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 2**31 - 1, (64, 3, 37), generator=g, dtype=torch.int32)
+    x[:8] = torch.randint(0, 4, (8, 3, 37), generator=g, dtype=torch.int32)  # many ties
+    x[8] = 0
+    x[9, :, 5] = x[9, :, 20] = 2**31 - 1
+    x[10] = torch.rand(3, 37, generator=g).abs().view(torch.int32)
+    x[10, :, 7] = torch.tensor(float("nan")).view(torch.int32)
+    got = L.first_argmax(x, torch.empty(64, 3, 1, dtype=torch.int32), torch.empty_like(x))
+    assert torch.equal(got, x.argmax(-1, keepdim=True))
+    assert got[8].eq(0).all() and got[9].eq(5).all() and got[10].eq(7).all()
