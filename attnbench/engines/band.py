@@ -298,7 +298,9 @@ def _spans(plan: Plan, sq: Seq, per: int):
 @dataclass(eq=False)
 class _Call:
     """What one call of :func:`run` shares between its sequences and chunks. ``out`` (with its
-    view ``out5``) and the chunk buffers ``sbuf`` / ``obuf`` exist only without autograd."""
+    view ``out5``) and the chunk buffers ``sbuf`` / ``obuf`` exist only without autograd; ``obuf``
+    is made on first use (a plan whose blocks all write straight into the output never needs it,
+    and an unused 4 MiB block at the heap's top makes glibc trim and re-fault ``sbuf`` every call)."""
 
     plan: Plan
     B: int
@@ -394,7 +396,6 @@ def _setup(plan: Plan, q, k, v) -> _Call:
         out = pages.empty(B, H, N, D, dtype=dt, device=dev)
         out5 = out.unflatten(1, (Hkv, G))  # [B, Hkv, G, N, D]
         sbuf = torch.empty(per, G * c, L, dtype=dt, device=dev)
-        obuf = torch.empty(per, G * c, D, dtype=dt, device=dev)
     return _Call(plan, B, Hkv, G, X, D, dt, str(dev), e, 1.0 / math.sqrt(D), grad, per,
                  bias_in, bias_lo, bias_hi, q5, out, out5, sbuf, obuf)
 
@@ -524,6 +525,8 @@ def _head_inference(call: _Call, sv: _SeqViews, ch: _Chunk, x: int, qi, kt, vw) 
     if G == 1 and not ch.edge and sv.sq.q_step == 1:  # straight into the output rows
         torch.bmm(s, vw, out=ox[0, ch.r0:ch.r1].unflatten(0, (nbc, c)))  # out: [nbc, c, D]
         return
+    if call.obuf is None:
+        call.obuf = torch.empty(call.per, G * c, D, dtype=call.dt, device=call.dev)
     o = torch.bmm(s, vw, out=call.obuf[:nbc])
     if ch.keep is not None:
         o.mul_(ch.keep)
