@@ -25,7 +25,7 @@ from attnbench.costs import io_bytes
 from attnbench.harness import env
 from attnbench.harness.allocator import DEFAULT as ALLOCATOR_DEFAULT
 from attnbench.harness.allocator import allocator_env
-from attnbench.harness.flops import achieved
+from attnbench.harness.flops import GEMM_DRIFT_WARN, achieved
 from attnbench.harness.isolate import Worker, WorkerDied
 from attnbench.report.console import make_console, plain, print_summary
 from attnbench.scaling import fit_loglog_ci
@@ -159,6 +159,25 @@ class Runner:
         with Worker(threads=self.cfg.threads, plugins=tuple(self.cfg.plugins), allocator=self.cfg.allocator) as w:
             return w.request({"op": "probe", "device": self.cfg.device, "dtype": self.cfg.dtype,
                               "budget_s": probe_budget(float(self.cfg.timing["budget_s"]))}, 300)
+
+    def end_probe(self) -> None:
+        """The GEMM peak again, after the cases, into run.json: ``gemm_peak_end_gflops`` and
+        ``gemm_drift`` (end / start - 1), so a run says whether the machine stayed as fast."""
+        info = results.read_run_json(self.out) or {}
+        start = info.get("gemm_peak_gflops")
+        with Worker(threads=self.cfg.threads, plugins=tuple(self.cfg.plugins), allocator=self.cfg.allocator) as w:
+            end = w.request({"op": "probe", "gemm_only": True, "device": self.cfg.device, "dtype": self.cfg.dtype,
+                             "budget_s": probe_budget(float(self.cfg.timing["budget_s"]))}, 300)
+        rate = end.get("gemm_peak_gflops")
+        info.update(gemm_peak_end_gflops=rate, gemm_end_noisy=end.get("gemm_noisy"),
+                    gemm_drift=(rate / start - 1) if rate and start else None)
+        results.write_run_json(self.out, info)
+
+    def _drift_line(self) -> None:
+        """The line of :func:`drift_line` for this run, if its run.json has both probes."""
+        said = drift_line(results.read_run_json(self.out) or {})
+        if said is not None:
+            self.stdout.print(plain(said[0]), style="yellow" if said[1] else None)
 
     # -- one case --------------------------------------------------------------------------
     def _precheck(self, case: Case, n: int, stopped: dict) -> dict[str, Any] | None:
@@ -332,6 +351,8 @@ class Runner:
             earlier = self._start()
             try:
                 new_rows = self._measure(earlier)
+                if new_rows:
+                    self.end_probe()
                 self._finish(new_rows, t0)
             except (OSError, results.StoreError) as e:  # a full disk, a read-only file
                 what = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else str(e)
@@ -359,6 +380,7 @@ class Runner:
         scaling = fit_scaling(rows, self.cfg.scaling_min_seq_len)
         scaling.to_csv(self.out / "scaling.csv", index=False)
         print_summary(rows, scaling, baseline=self.cfg.baseline, console=self.stdout)
+        self._drift_line()
         noisy = sum(bool(r.get("noisy")) for r in rows)
         if noisy:
             self.stdout.print(plain(
@@ -367,6 +389,19 @@ class Runner:
                 f"with fewer threads per worker"), style="yellow")
         self.stdout.print(plain(f"{new_rows} new rows ({len(rows)} in all) in {time.time() - t0:.0f} s -> "
                                 f"{jsonl} and {self.out / 'results.parquet'}"), style="bold")
+
+
+def drift_line(info: dict) -> tuple[str, bool] | None:
+    """(one line, whether it warns): the GEMM peak before and after a run's cases, a warning when
+    it moved by more than GEMM_DRIFT_WARN; None for a run without both probes."""
+    start, end, drift = (info.get(k) for k in ("gemm_peak_gflops", "gemm_peak_end_gflops", "gemm_drift"))
+    if not start or not end or drift is None:
+        return None
+    line = f"GEMM peak {start:.0f} GFLOP/s before the cases, {end:.0f} after ({drift:+.0%})"
+    if abs(drift) <= GEMM_DRIFT_WARN:
+        return line, False
+    return (f"warning: {line}: the machine's speed changed during the run; its GEMM fractions and times "
+            "are uncertain by as much (rerun on a steadier machine)"), True
 
 
 def _stopped_from(rows: list[dict], grid: list[tuple[Case, int]]) -> dict:

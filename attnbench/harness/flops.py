@@ -1,10 +1,17 @@
 """The machine's measured matmul peak, against which achieved FLOP/s is expressed.
 
 A variant's own work is ``VariantSpec.flops(shape)``; this module measures what the device
-can do: the best rate of square GEMMs of a few sizes in the benchmark's dtype. It runs once
-per run, in a worker (the parent never touches CUDA).
+can do: the best rate of square GEMMs of a few sizes in the benchmark's dtype. It runs at the
+start of a run, in a worker (the parent never touches CUDA), and once more after the cases
+(``gemm_peak_end_gflops``, ``gemm_drift`` in run.json).
 """
 from __future__ import annotations
+
+# A change of the GEMM peak between a run's two probes larger than this (either way) is
+# reported (run summary, report inputs): on a shared VM the machine's speed can drift by 2x
+# within minutes, invisibly to the run-queue waits that flag noisy cases, and every GEMM
+# fraction of the run divides by the first probe.
+GEMM_DRIFT_WARN = 0.10
 
 
 def gemm_peak_gflops(device: str = "cpu", dtype: str = "float32", budget_s: float = 2.0) -> dict:

@@ -62,6 +62,9 @@ def main() -> None:
             from attnbench.harness.env import device_environment
             from attnbench.harness.flops import block_gemm_gflops, gemm_peak_gflops
 
+            if msg.get("gemm_only"):  # the run's closing probe: has the machine's speed moved?
+                send(gemm_peak_gflops(msg["device"], msg["dtype"], msg.get("budget_s", 2.0)))
+                continue
             info = device_environment(msg["device"])
             info.update(gemm_peak_gflops(msg["device"], msg["dtype"], msg.get("budget_s", 2.0)),
                         gemm_probe_s=msg.get("budget_s", 2.0))

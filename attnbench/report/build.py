@@ -709,21 +709,35 @@ def _model_inputs(loaded: Loaded) -> list[str]:
     return lines + [""]
 
 
+def _peak_cell(info: dict) -> str:
+    """The run's GEMM peak; with the probe after its cases (``gemm_peak_end_gflops``), both and
+    the change, marked when it exceeds GEMM_DRIFT_WARN."""
+    from attnbench.harness.flops import GEMM_DRIFT_WARN
+    from attnbench.report import tables as T
+
+    peak, end, drift = info.get("gemm_peak_gflops"), info.get("gemm_peak_end_gflops"), info.get("gemm_drift")
+    if not peak:
+        return "?"
+    if not end or drift is None:
+        return T.fmt_num(peak)
+    mark = " (drifted)" if abs(drift) > GEMM_DRIFT_WARN else ""
+    return f"{T.fmt_num(peak)} → {T.fmt_num(end)} ({drift:+.0%}){mark}"
+
+
 def _readme_inputs(loaded: Loaded) -> list[str]:
     """The Inputs section: one table row per run, the workers' environment, merge notes."""
     from attnbench.report import tables as T
 
     lines = ["", "## Inputs", "",
-             "| run | device | started (UTC) | rows | schema | threads | git sha | torch | GEMM peak (GFLOP/s) |",
+             "| run | device | started (UTC) | rows | schema | threads | git sha | torch | GEMM peak (GFLOP/s): before → after the cases |",
              "| --- | --- | --- | ---: | --- | --- | --- | --- | ---: |"]
     for r in sorted(loaded.runs, key=lambda r: (_started_key(r.info), r.path)):
         i = r.info
         sha = str(i.get("git_sha") or "?")[:10] + (" (dirty)" if i.get("git_dirty") else "")
-        peak = i.get("gemm_peak_gflops")
         started = _started_key(i)[:19].replace("T", " ") or "?"
         lines.append(f"| `{r.path}` | {_machine(r) or 'unknown device'} | {started} | {r.rows} | "
                      f"{', '.join(map(str, r.schema_versions)) or '?'} | {_threads(r) or '?'} | {sha} | "
-                     f"{i.get('torch_version') or '?'} | {T.fmt_num(peak) if peak else '?'} |")
+                     f"{i.get('torch_version') or '?'} | {_peak_cell(i)} |")
     envs = [(r.path, {**(r.info.get("env_vars") or {}), **(r.info.get("allocator_env") or {})})
             for r in sorted(loaded.runs, key=lambda r: r.path)]
     envs = [(path, ev) for path, ev in envs if ev]
