@@ -58,23 +58,29 @@ def main() -> None:
             send(run_json(msg["case"], {**(msg.get("opts") or {}), "warm_worker": mode in modes_run}))
             modes_run.add(mode)
         elif op == "probe":
-            from attnbench.harness.bandwidth import memory_bandwidth_gbs
-            from attnbench.harness.env import device_environment
-            from attnbench.harness.flops import block_gemm_gflops, gemm_peak_gflops
-
-            if msg.get("gemm_only"):  # the run's closing probe: has the machine's speed moved?
-                send(gemm_peak_gflops(msg["device"], msg["dtype"], msg.get("budget_s", 2.0)))
-                continue
-            info = device_environment(msg["device"])
-            info.update(gemm_peak_gflops(msg["device"], msg["dtype"], msg.get("budget_s", 2.0)),
-                        gemm_probe_s=msg.get("budget_s", 2.0))
-            info.update(memory_bandwidth_gbs(msg["device"], msg["dtype"]))  # the roofline's second ceiling
-            info.update(block_gemm_gflops(msg["device"], msg["dtype"], msg.get("budget_s", 2.0) / 3))  # ... and third
-            send(info)
+            send(probe(msg))
         elif op == "exit":
             break
         else:
             send({"status": "error", "reasons": [f"unknown worker op {op!r}"]})
+
+
+def probe(msg: dict) -> dict:
+    """The device facts and the run's ceilings: GEMM peak, memory bandwidth, batched 64^3 GEMM;
+    with ``gemm_only`` the GEMM peak alone (the run's closing probe: has the machine's speed
+    moved?)."""
+    from attnbench.harness.bandwidth import memory_bandwidth_gbs
+    from attnbench.harness.env import device_environment
+    from attnbench.harness.flops import block_gemm_gflops, gemm_peak_gflops
+
+    budget = msg.get("budget_s", 2.0)
+    if msg.get("gemm_only"):
+        return gemm_peak_gflops(msg["device"], msg["dtype"], budget)
+    info = device_environment(msg["device"])
+    info.update(gemm_peak_gflops(msg["device"], msg["dtype"], budget), gemm_probe_s=budget)
+    info.update(memory_bandwidth_gbs(msg["device"], msg["dtype"]))  # the roofline's second ceiling
+    info.update(block_gemm_gflops(msg["device"], msg["dtype"], budget / 3))  # ... and third
+    return info
 
 
 if __name__ == "__main__":
