@@ -154,21 +154,24 @@ class Runner:
             self.worker.close()
         self.worker = None
 
-    def probe(self) -> dict[str, Any]:
-        """Device facts, the GEMM peak and the memory bandwidth, measured in a worker (CUDA stays out of the parent)."""
+    def probe(self, gemm_only: bool = False) -> dict[str, Any]:
+        """Device facts, the GEMM peak and the memory bandwidth (``gemm_only``: the GEMM peak
+        alone), measured in a worker (CUDA stays out of the parent)."""
         with Worker(threads=self.cfg.threads, plugins=tuple(self.cfg.plugins), allocator=self.cfg.allocator) as w:
-            return w.request({"op": "probe", "device": self.cfg.device, "dtype": self.cfg.dtype,
+            return w.request({"op": "probe", "gemm_only": gemm_only, "device": self.cfg.device, "dtype": self.cfg.dtype,
                               "budget_s": probe_budget(float(self.cfg.timing["budget_s"]))}, 300)
 
     def end_probe(self) -> None:
         """The GEMM peak again, after the cases, into run.json: ``gemm_peak_end_gflops`` and
         ``gemm_drift`` (end / start - 1), so a run says whether the machine stayed as fast."""
         info = results.read_run_json(self.out) or {}
-        start = info.get("gemm_peak_gflops")
-        with Worker(threads=self.cfg.threads, plugins=tuple(self.cfg.plugins), allocator=self.cfg.allocator) as w:
-            end = w.request({"op": "probe", "gemm_only": True, "device": self.cfg.device, "dtype": self.cfg.dtype,
-                             "budget_s": probe_budget(float(self.cfg.timing["budget_s"]))}, 300)
-        rate = end.get("gemm_peak_gflops")
+        try:
+            end = self.probe(gemm_only=True)
+        except WorkerDied as e:  # the rows are kept; the run only lacks its closing probe
+            self.console.print(plain(f"warning: the closing GEMM probe failed ({e}); the run's rows are kept"),
+                               style="yellow")
+            return
+        start, rate = info.get("gemm_peak_gflops"), end.get("gemm_peak_gflops")
         info.update(gemm_peak_end_gflops=rate, gemm_end_noisy=end.get("gemm_noisy"),
                     gemm_drift=(rate / start - 1) if rate and start else None)
         results.write_run_json(self.out, info)

@@ -37,3 +37,26 @@ def test_the_report_inputs_show_both_probes_and_mark_a_drift():
     assert _peak_cell({"gemm_peak_gflops": 200.0, "gemm_peak_end_gflops": 190.0, "gemm_drift": -0.05}) == "200 → 190 (-5%)"
     assert _peak_cell({"gemm_peak_gflops": 200.0, "gemm_peak_end_gflops": 120.0,
                        "gemm_drift": -0.4}) == "200 → 120 (-40%) (drifted)"
+
+
+def test_a_failed_closing_probe_keeps_the_run(cli_in_process, monkeypatch, tmp_path):
+    """The closing probe's worker dies: the run still ends with its rows, says so in one line,
+    and run.json has no second probe (rather than a made-up one)."""
+    from attnbench.bench import Runner
+    from attnbench.harness.isolate import WorkerDied
+
+    first = Runner.probe
+
+    def probe(self, gemm_only=False):
+        if gemm_only:
+            raise WorkerDied("crash", ["worker died with SIGKILL"])
+        return first(self)
+
+    monkeypatch.setattr(Runner, "probe", probe)
+    res = cli_in_process("run", "--out", tmp_path / "run", "--variants", "full@naive", "--seq-lens", "32",
+                         "--threads", "1", "--heads", "2", "--head-dim", "16", "timing.budget_s=0.01", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "the closing GEMM probe failed (worker died with SIGKILL)" in res.stdout + res.stderr
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert "gemm_peak_end_gflops" not in info and info["gemm_peak_gflops"] > 0
+    assert (tmp_path / "run" / "results.jsonl").read_text().count("\n") == 1
