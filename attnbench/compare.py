@@ -32,7 +32,8 @@ forward, the mode naming the task (``text/paper train step``;
   ``failing``, both not run ``n/a``. Cases only in NEW are ``new``, only in BASE ``gone``.
 
 Before the table, :func:`environment_notes` says plainly where the two runs differ in what
-sets a timing: machine (CPU or GPU model), threads per worker, torch version, allocator, a GEMM peak
+sets a timing: machine (CPU or GPU model; the CPU's family, model, ISA and caches where both
+runs recorded them), threads per worker, torch version, allocator, a GEMM peak
 apart by more than ``GEMM_DRIFT``, or a disturbed GEMM probe or disturbed cases on a side.
 
 Exit status of :func:`main`: 1 if any case regressed beyond the threshold or broke, else 0;
@@ -373,6 +374,10 @@ def summary_line(df, threshold: float) -> str:
 def _env_value(info: dict, key: str):
     if key == "machine":
         return info.get("device_name") or info.get("cpu_model")
+    if key == "cpu":  # family, model, ISA, caches: one model name covers several CPUs
+        from attnbench.harness.env import cpu_summary
+
+        return cpu_summary(info.get("cpu"))
     if key == "threads":
         return info.get("torch_threads") or (info.get("config") or {}).get("resolved", {}).get("threads")
     if key == "allocator":  # runs before --allocator ran under the default one
@@ -399,7 +404,7 @@ def _disturbance(name: str, info: dict, rows: list[dict]) -> list[str]:
 def environment_notes(base_info: dict, new_info: dict, base_rows: list[dict], new_rows: list[dict]) -> list[str]:
     """Plain lines on what differs between the runs' measuring conditions (empty: nothing known)."""
     notes = []
-    for key, what in (("machine", "machines"), ("threads", "threads per worker"),
+    for key, what in (("machine", "machines"), ("cpu", "CPUs"), ("threads", "threads per worker"),
                       ("torch_version", "torch versions"), ("allocator", "allocators (--allocator)")):
         b, n = _env_value(base_info, key), _env_value(new_info, key)
         if b is not None and n is not None and b != n:

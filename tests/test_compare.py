@@ -365,6 +365,13 @@ def test_environment_notes_say_what_differs():
     assert same == []
     old = compare.environment_notes({}, {}, synth_run(1), base)
     assert old == ["BASE predates disturbance detection (schema < 3): a loaded machine there is not flagged"]
+    zen3 = {"family": "25", "model": "1", "isa": "AVX2", "l2": 512 << 10, "l3": 32 << 20}
+    zen4 = {"family": "25", "model": "17", "isa": "AVX-512", "l2": 1 << 20, "l3": 32 << 20}
+    epyc = {**base_info, "device_name": "AMD EPYC"}
+    hosts = compare.environment_notes({**epyc, "cpu": zen4}, {**epyc, "cpu": zen3}, base, base)
+    assert hosts == ["different CPUs: BASE family 25 model 17, AVX-512, L2 1 MiB, L3 32 MiB, NEW family 25 model 1, "
+                     "AVX2, L2 512 KiB, L3 32 MiB — ratios measure that difference too"]
+    assert compare.environment_notes(epyc, {**epyc, "cpu": zen3}, base, base) == []  # one side predates the record
     cached = compare.environment_notes(base_info, {**base_info, "allocator": "mimalloc"}, base, base)
     assert cached == ["different allocators (--allocator): BASE default, NEW mimalloc — ratios measure that "
                       "difference too"]  # a run from before the option ran under the default allocator

@@ -405,7 +405,7 @@ def test_measure_respects_min_and_max_repeats():
 # ---------------------------------------------------------------------------------------------
 def test_run_json_records_the_environment(sweep):
     info = json.loads((sweep["out"] / "run.json").read_text())
-    for key in ("schema_version", "versions", "cpu_model", "git_sha", "git_dirty", "config",
+    for key in ("schema_version", "versions", "cpu_model", "cpu", "git_sha", "git_dirty", "config",
                 "started_at", "gemm_peak_gflops", "torch_version", "device_name"):
         assert key in info, key
     assert info["schema_version"] == SCHEMA_VERSION
@@ -603,3 +603,26 @@ def test_compact_samples_keeps_the_distribution():
     for q in (25, 50, 75):
         assert abs(np.percentile(kept, q) - np.percentile(many, q)) < 0.01
 
+
+
+def test_cpu_identity_reads_cpuinfo_and_sysfs(tmp_path):
+    """Two EPYCs of one model name: family, model, widest ISA and caches tell them apart."""
+    from attnbench.harness.env import cpu_identity, cpu_summary
+
+    flags = "fpu sse4_2 avx fma avx2 sha_ni"
+    one = (f"processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
+           f"stepping\t: 1\nflags\t\t: {flags}\n\n")
+    (tmp_path / "cpuinfo").write_text(one + one.replace("processor\t: 0", "processor\t: 1").replace("avx2", "avx512f"))
+    for i, (level, kind, size) in enumerate([("1", "Data", "32K"), ("1", "Instruction", "32K"),
+                                             ("2", "Unified", "512K"), ("3", "Unified", "32768K")]):
+        d = tmp_path / "cpu0" / "cache" / f"index{i}"
+        d.mkdir(parents=True)
+        for name, text in (("level", level), ("type", kind), ("size", size)):
+            (d / name).write_text(text + "\n")
+    ident = cpu_identity(tmp_path / "cpuinfo", tmp_path / "cpu0")
+    assert ident == {"vendor": "AuthenticAMD", "family": "25", "model": "1", "stepping": "1", "isa": "AVX2",
+                     "l1d": 32 << 10, "l2": 512 << 10, "l3": 32 << 20}  # the first processor's flags
+    assert cpu_summary(ident) == "family 25 model 1, AVX2, L2 512 KiB, L3 32 MiB"
+    (tmp_path / "cpuinfo").write_text(one.replace("avx2", "avx512f avx2"))
+    assert cpu_identity(tmp_path / "cpuinfo", tmp_path / "none")["isa"] == "AVX-512"
+    assert cpu_identity(tmp_path / "missing") == {} and cpu_summary({}) is None

@@ -220,6 +220,25 @@ def test_merging_different_machines_and_schema_versions_says_so(tmp_path, capsys
     assert line in (out / "README.md").read_text()
 
 
+def test_merging_two_cpus_of_one_model_name_says_so(tmp_path):
+    """A cloud's "AMD EPYC" is more than one CPU: run.json's ``cpu`` tells them apart, in the
+    merge line and in the Inputs table; a run from before the record counts as neither."""
+    zen3 = {"vendor": "AuthenticAMD", "family": "25", "model": "1", "isa": "AVX2", "l2": 512 << 10, "l3": 32 << 20}
+    zen4 = {**zen3, "model": "17", "isa": "AVX-512", "l2": 1 << 20}
+    a = write_run(tmp_path / "a", [row("full@sdpa", n, t=1.0) for n in NS[:2]], cpu=zen3)
+    b = write_run(tmp_path / "b", [row("full@sdpa", n, t=1.0) for n in NS[2:]], cpu=zen4)
+    c = write_run(tmp_path / "c", [row("full@sdpa", n, t=1.0) for n in NS[:1]])
+    said = []
+    B.build_report([a, b, c], tmp_path / "rep", figures=False, say=said.append)
+    assert len(said) == 1 and ("CPU family 25 model 1, AVX2, L2 512 KiB, L3 32 MiB / family 25 model 17, "
+                               "AVX-512, L2 1 MiB, L3 32 MiB") in said[0]
+    text = (tmp_path / "rep" / "README.md").read_text()
+    assert "| Test CPU (family 25 model 17, AVX-512, L2 1 MiB, L3 32 MiB) |" in text
+    said = []
+    B.build_report([a, c], tmp_path / "rep2", figures=False, say=said.append)
+    assert said == []
+
+
 def test_merging_runs_of_one_machine_says_nothing(tmp_path):
     a = write_run(tmp_path / "a", [row("full@sdpa", n, t=1.0) for n in NS[:2]])
     b = write_run(tmp_path / "b", [row("full@sdpa", n, t=1.0) for n in NS[2:]], gemm_peak_gflops=310.0)

@@ -23,6 +23,73 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# Instruction-set extensions that set a CPU's GEMM rate, widest first: the first one present names it.
+ISA_FLAGS = (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sse4_2", "SSE4.2"))
+
+
+def _cpuinfo_fields(text: str) -> dict[str, str]:
+    """The first processor's ``key: value`` lines of /proc/cpuinfo."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if out:
+                break
+            continue
+        key, _, value = line.partition(":")
+        out.setdefault(key.strip(), value.strip())
+    return out
+
+
+def _cache_bytes(sysfs_cpu: Path) -> dict[str, int]:
+    """Per-instance data/unified cache sizes of one CPU from sysfs: {"l1d": .., "l2": .., "l3": ..}."""
+    out = {}
+    for d in sorted(sysfs_cpu.glob("cache/index*")):
+        try:
+            level, kind = (d / "level").read_text().strip(), (d / "type").read_text().strip()
+            size = (d / "size").read_text().strip().upper()  # "512K", "32768K", "2M"
+        except OSError:
+            continue
+        if kind == "Instruction":
+            continue
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+        out[f"l{level}" + ("d" if level == "1" else "")] = int(size.rstrip("KMG")) * mult
+    return out
+
+
+def cpu_identity(cpuinfo: Path = Path("/proc/cpuinfo"),
+                 sysfs_cpu: Path = Path("/sys/devices/system/cpu/cpu0")) -> dict[str, object]:
+    """What tells two CPUs of one model name apart (a cloud's "AMD EPYC" is Zen 3 on one host,
+    Zen 4 with AVX-512 and twice the GEMM rate on the next): vendor, family, model, stepping, the
+    widest vector ISA and the cache sizes per instance. Empty where /proc/cpuinfo is unreadable."""
+    try:
+        f = _cpuinfo_fields(cpuinfo.read_text())
+    except OSError:
+        return {}
+    flags = set(f.get("flags", "").split())
+    ident: dict[str, object] = {"vendor": f.get("vendor_id"), "family": f.get("cpu family"),
+                                "model": f.get("model"), "stepping": f.get("stepping"),
+                                "isa": next((name for flag, name in ISA_FLAGS if flag in flags), None)}
+    ident.update(_cache_bytes(sysfs_cpu))
+    return {k: v for k, v in ident.items() if v is not None}
+
+
+def _kib(b: int) -> str:
+    return f"{b >> 20} MiB" if b >= 1 << 20 and not b % (1 << 20) else f"{b >> 10} KiB"
+
+
+def cpu_summary(ident: dict | None) -> str | None:
+    """One short line for reports: ``family 25 model 1, AVX2, L2 512 KiB, L3 32 MiB``."""
+    if not ident:
+        return None
+    bits = []
+    if ident.get("family") is not None:
+        bits.append(f"family {ident['family']} model {ident.get('model', '?')}")
+    if ident.get("isa"):
+        bits.append(str(ident["isa"]))
+    bits += [f"{lvl.upper()} {_kib(int(ident[lvl]))}" for lvl in ("l2", "l3") if ident.get(lvl)]
+    return ", ".join(bits) or None
+
+
 def inductor_cache_dir() -> str:
     """Where workers keep torch.compile's (inductor's) cache between runs: TORCHINDUCTOR_CACHE_DIR
     if set, else <XDG_CACHE_HOME or ~/.cache>/attnbench/inductor. A warm cache turns a
@@ -73,6 +140,7 @@ def host_environment() -> dict[str, object]:
         "hostname": platform.node(),
         "platform": platform.platform(),
         "cpu_model": cpu_model(),
+        "cpu": cpu_identity(),  # the model name alone does not tell the machine (cpu_summary)
         "cpu_count": os.cpu_count(),
         "mem_available_bytes": mem_available_bytes(),
         "load_average_1m": os.getloadavg()[0],  # other load ruins multi-threaded CPU timings

@@ -351,6 +351,18 @@ def _machine(r: RunInfo) -> str | None:
     return dev if cpu in (None, dev) else f"{dev} on {cpu}"
 
 
+def _cpu(r: RunInfo) -> str | None:
+    """The CPU's identity beyond its model name (run.json ``cpu``, recorded since 2026-12)."""
+    from attnbench.harness.env import cpu_summary
+
+    return cpu_summary(r.info.get("cpu"))
+
+
+def _device_cell(r: RunInfo) -> str:
+    machine, cpu = _machine(r) or "unknown device", _cpu(r)
+    return f"{machine} ({cpu})" if cpu else machine
+
+
 def _threads(r: RunInfo) -> str | None:
     t = r.info.get("torch_threads")
     return str(t) if t is not None else (",".join(map(str, r.threads)) or None)
@@ -363,6 +375,7 @@ def merge_notice(runs: list[RunInfo]) -> str | None:
     diffs = [f"schema versions {', '.join(map(str, versions))} (older rows upgraded: the fields they lack are "
              f"empty)"] if len(versions) > 1 else []
     diffs += _differing(runs, "machine", _machine)
+    diffs += _differing(runs, "CPU", _cpu)  # runs that predate the record are not counted
     peaks = [float(r.info["gemm_peak_gflops"]) for r in runs if r.info.get("gemm_peak_gflops")]
     if peaks and max(peaks) > (1 + GEMM_PEAK_APART) * min(peaks):
         diffs.append(f"GEMM peak {min(peaks):.0f}–{max(peaks):.0f} GFLOP/s")
@@ -735,7 +748,7 @@ def _readme_inputs(loaded: Loaded) -> list[str]:
         i = r.info
         sha = str(i.get("git_sha") or "?")[:10] + (" (dirty)" if i.get("git_dirty") else "")
         started = _started_key(i)[:19].replace("T", " ") or "?"
-        lines.append(f"| `{r.path}` | {_machine(r) or 'unknown device'} | {started} | {r.rows} | "
+        lines.append(f"| `{r.path}` | {_device_cell(r)} | {started} | {r.rows} | "
                      f"{', '.join(map(str, r.schema_versions)) or '?'} | {_threads(r) or '?'} | {sha} | "
                      f"{i.get('torch_version') or '?'} | {_peak_cell(i)} |")
     envs = [(r.path, {**(r.info.get("env_vars") or {}), **(r.info.get("allocator_env") or {})})
