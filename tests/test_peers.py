@@ -60,6 +60,10 @@ def test_table_ratios_and_goal_column():
     fx = _line(text, "sliding window, compiled FlexAttention", 4096)
     assert "| 0.95x / 1.0x |" in fx and fx.endswith("| met |")
     assert "| 2.0x / 2.0x |" in _line(text, "sliding window ±256", 2048)  # the smaller n: a table of its own
+    assert "Machine: AMD EPYC, 2 cores" in text  # a run from before the CPU record
+    zen3 = {"family": "25", "model": "1", "isa": "AVX2", "l2": 512 << 10, "l3": 32 << 20}
+    text = peers_table.render(FIXTURE, {"cpu_model": "AMD EPYC", "cpu": zen3, "cpu_count": 2, "command": "x"})
+    assert "Machine: AMD EPYC (family 25 model 1, AVX2, L2 512 KiB, L3 32 MiB), 2 cores" in text
     assert text.index("## At n = 4096") < text.index("## At n = 2048")  # the largest n first
     check = "| local-attention | sliding_window@blocked | 1024 | same attention | 2.4e-07 | window \\|i - j\\| <= 256"
     assert check in text  # a | in a cell is escaped
