@@ -116,6 +116,20 @@ def test_ten_percent_slowdown_flagged_at_five_percent(tmp_path, capsys):
     assert compare.main(cli(base, new, "--threshold", "0.15")) == 0
 
 
+def test_two_cpus_of_one_name_are_named_in_the_output(tmp_path, capsys):
+    zen3 = {"family": "25", "model": "1", "isa": "AVX2", "l2": 512 << 10, "l3": 32 << 20}
+    runs = []
+    for name, cpu in (("base", {**zen3, "model": "17", "isa": "AVX-512", "l2": 1 << 20}), ("new", zen3)):
+        d = write_run(tmp_path / name, synth_run(7))
+        (d / "run.json").write_text(json.dumps({"device_name": "AMD EPYC", "cpu": cpu}))
+        runs.append(d)
+    compare.main(cli(*runs))
+    out = " ".join(capsys.readouterr().out.split())  # rich may wrap the long lines
+    assert "AMD EPYC (family 25 model 17, AVX-512, L2 1 MiB, L3 32 MiB)" in out
+    assert "AMD EPYC (family 25 model 1, AVX2, L2 512 KiB, L3 32 MiB)" in out
+    assert "different CPUs: BASE family 25 model 17" in out
+
+
 def test_speedup_is_improved_and_passes(tmp_path, capsys):
     base = write_run(tmp_path / "base", synth_run(7))
     new = write_run(tmp_path / "new", synth_run(8, slow={"full@sdpa": 0.8}))
