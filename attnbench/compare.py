@@ -438,8 +438,9 @@ def _run_label(path, info: dict, rows: list[dict]) -> str:
     if info.get("git_sha"):
         bits.append(f"git {info['git_sha'][:7]}{'+dirty' if info.get('git_dirty') else ''}")
     if info.get("device_name"):
-        cpu = _env_value(info, "cpu")
-        bits.append(f"{info['device_name']} ({cpu})" if cpu else str(info["device_name"]))
+        from attnbench.harness.env import with_cpu
+
+        bits.append(with_cpu(str(info["device_name"]), info.get("cpu")))
     if info.get("torch_version"):
         bits.append(f"torch {info['torch_version']}")
     bits.append(f"{len(rows)} rows")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from attnbench.harness.env import cpu_summary
+from attnbench.harness.env import with_cpu
 
 NOISY = "~"  # after a time measured while other processes used the CPU (the timing's `noisy`)
 
@@ -154,9 +154,8 @@ def header(run: dict, rows: list[dict]) -> list[str]:
     vers = sorted({(r["package"], r["package_version"]) for r in rows
                    if r["role"] == "peer" and r["package"] and r["package"] != "torch"})
     threads = sorted({r["threads"] for r in rows if r.get("threads") is not None})
-    cpu = cpu_summary(run.get("cpu"))  # absent from runs before the record
-    return [
-        f"Machine: {run.get('cpu_model')}{f' ({cpu})' if cpu else ''}, {run.get('cpu_count')} cores, torch {run.get('torch')} "
+    return [  # the CPU's summary is absent from runs before the record
+        f"Machine: {with_cpu(str(run.get('cpu_model')), run.get('cpu'))}, {run.get('cpu_count')} cores, torch {run.get('torch')} "
         f"({', '.join(map(str, threads)) or '?'} threads, torch's default); run started {run.get('started_at')} "
         f"at git {(run.get('git_sha') or '?')[:12]}{' (dirty tree)' if run.get('git_dirty') else ''}.",
         f"Peers: {', '.join(f'{p} {v}' for p, v in vers) or 'none'}.",

@@ -604,7 +604,6 @@ def test_compact_samples_keeps_the_distribution():
         assert abs(np.percentile(kept, q) - np.percentile(many, q)) < 0.01
 
 
-
 def test_cpu_identity_reads_cpuinfo_and_sysfs(tmp_path):
     """Two EPYCs of one model name: family, model, widest ISA and caches tell them apart."""
     from attnbench.harness.env import cpu_identity, cpu_summary

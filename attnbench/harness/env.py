@@ -73,7 +73,7 @@ def cpu_identity(cpuinfo: Path = Path("/proc/cpuinfo"),
     return {k: v for k, v in ident.items() if v is not None}
 
 
-def _kib(b: int) -> str:
+def _size(b: int) -> str:
     return f"{b >> 20} MiB" if b >= 1 << 20 and not b % (1 << 20) else f"{b >> 10} KiB"
 
 
@@ -86,8 +86,14 @@ def cpu_summary(ident: dict | None) -> str | None:
         bits.append(f"family {ident['family']} model {ident.get('model', '?')}")
     if ident.get("isa"):
         bits.append(str(ident["isa"]))
-    bits += [f"{lvl.upper()} {_kib(int(ident[lvl]))}" for lvl in ("l2", "l3") if ident.get(lvl)]
+    bits += [f"{lvl.upper()} {_size(int(ident[lvl]))}" for lvl in ("l2", "l3") if ident.get(lvl)]
     return ", ".join(bits) or None
+
+
+def with_cpu(name: str, ident: dict | None) -> str:
+    """``name`` followed by the CPU's summary in parentheses where run.json recorded one."""
+    cpu = cpu_summary(ident)
+    return f"{name} ({cpu})" if cpu else name
 
 
 def inductor_cache_dir() -> str:

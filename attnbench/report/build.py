@@ -359,8 +359,9 @@ def _cpu(r: RunInfo) -> str | None:
 
 
 def _device_cell(r: RunInfo) -> str:
-    machine, cpu = _machine(r) or "unknown device", _cpu(r)
-    return f"{machine} ({cpu})" if cpu else machine
+    from attnbench.harness.env import with_cpu
+
+    return with_cpu(_machine(r) or "unknown device", r.info.get("cpu"))
 
 
 def _threads(r: RunInfo) -> str | None:
